@@ -1,0 +1,70 @@
+"""Directions for the ``gradient`` sampling attack: a clean reference model's input gradients.
+
+The reference model is one clean training run of the same model and recipe (float64, seeds
+derived from ``reference_seed``). For each training point i the direction is the gradient of
+its own cross-entropy loss with respect to the input, the locally error-maximising direction:
+sign(g_i) for l_inf and g_i / ||g_i||_2 for l_2 (zero where the gradient vanishes).
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import numpy as np
+import torch
+
+from .config import SampleConfig
+from .data import Dataset
+from .models import MLPShape, forward, init_params
+from .poison import PoisonSpec
+from .rng import derive_seeds
+from .schedule import Schedule
+
+REFERENCE_PURPOSE = 0x5EF
+_CACHE: Dict[Tuple, np.ndarray] = {}
+
+
+def train_reference(config: SampleConfig, data: Dataset):
+    """Parameters of the clean reference model (float64, one model stacked as N = 1)."""
+    from .backends.torch_ref import StepProblem, TrainState, train_segment
+
+    shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
+    seeds = derive_seeds(config.attack.reference_seed, REFERENCE_PURPOSE, 0, 2).astype(np.int64)
+    params = init_params(shape, seeds[:1], dtype=torch.float64)
+    sched = torch.as_tensor(seeds[1:2])
+    problem = StepProblem(
+        x_train=torch.as_tensor(data.x_train, dtype=torch.float64), y_train=torch.as_tensor(data.y_train),
+        schedule=Schedule(sched, data.x_train.shape[0], config.recipe.batch),
+        poison=PoisonSpec(seeds=sched, rho=0.0, delta=0.0, norm=config.threat.norm, kind="uniform"),
+        lr=config.recipe.lr, momentum=config.recipe.momentum, weight_decay=config.recipe.weight_decay, dtype=torch.float64,
+    )
+    state = TrainState(params)
+    train_segment(state, problem, 0, config.recipe.steps)
+    return state.params
+
+
+def input_gradients(params, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """d loss_i / d x_i for every point (float64, closed form), [n, D]."""
+    xt = torch.as_tensor(x, dtype=torch.float64)
+    logits, cache = forward(params, xt)
+    dz = torch.softmax(logits, dim=-1)
+    dz[0, torch.arange(len(y)), torch.as_tensor(y)] -= 1.0
+    n_layers = len(params) // 2
+    for layer in reversed(range(n_layers)):
+        dz = torch.bmm(dz, params[2 * layer])
+        if layer > 0:
+            dz = dz * (cache[2 * layer - 1] > 0)
+    return dz[0].numpy()
+
+
+def gradient_directions(config: SampleConfig, data: Dataset) -> np.ndarray:
+    """Unit (in the threat's l_p) attack directions per training point, cached per setting."""
+    key = (data.content_hash, config.model, config.recipe, config.threat.norm, config.attack.reference_seed)
+    if key not in _CACHE:
+        g = input_gradients(train_reference(config, data), data.x_train, data.y_train)
+        if config.threat.norm == "inf":
+            direction = np.sign(g)
+        else:
+            norm = np.linalg.norm(g, axis=1, keepdims=True)
+            direction = np.divide(g, norm, out=np.zeros_like(g), where=norm > 0)
+        _CACHE[key] = direction
+    return _CACHE[key]

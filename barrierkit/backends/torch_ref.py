@@ -1,0 +1,80 @@
+"""The readable reference backend: batched SGD over N trajectories with a closed-form backward.
+
+Everything is vectorised over the leading trajectory axis (bmm/einsum); there is no Python loop
+over trajectories and no autograd. Runs on CPU and GPU. Every other backend is tested against it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+from ..models import Params, forward
+from ..poison import PoisonSpec, poison_batch
+from ..schedule import Schedule
+
+NAME = "torch"
+
+
+@dataclass
+class StepProblem:
+    """What the steps of one chunk read: clean data, batch order, poison, hyper-parameters."""
+
+    x_train: torch.Tensor  # [n, D] float64, clean, on the compute device
+    y_train: torch.Tensor  # [n] int64
+    schedule: Schedule
+    poison: PoisonSpec
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    dtype: torch.dtype = torch.float32
+
+
+@dataclass
+class TrainState:
+    """Parameters of N models (updated in place) and their momentum buffers."""
+
+    params: Params
+    momentum: Optional[List[torch.Tensor]] = field(default=None)
+
+
+def mlp_gradients(params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+    """Gradients of the mean softmax cross-entropy for each model: same layout as params."""
+    logits, cache = forward(params, x)
+    n_layers = len(params) // 2
+    batch = x.shape[1]
+    dz = torch.softmax(logits, dim=-1)
+    dz.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(dz[..., :1], -1.0))
+    dz = dz / batch
+    grads: Params = [torch.empty(0)] * len(params)
+    for layer in reversed(range(n_layers)):
+        a_prev = cache[2 * layer]
+        grads[2 * layer] = torch.bmm(dz.transpose(1, 2), a_prev)
+        grads[2 * layer + 1] = dz.sum(dim=1)
+        if layer > 0:
+            dz = torch.bmm(dz, params[2 * layer]) * (cache[2 * layer - 1] > 0)
+    return grads
+
+
+def sgd_update(state: TrainState, grads: Params, lr: float, momentum: float, weight_decay: float) -> None:
+    """torch.optim.SGD semantics (dampening 0, no Nesterov), in place."""
+    if momentum and state.momentum is None:
+        state.momentum = [torch.zeros_like(p) for p in state.params]
+    for i, (p, g) in enumerate(zip(state.params, grads)):
+        if weight_decay:
+            g = g.add(p, alpha=weight_decay)
+        if momentum:
+            buf = state.momentum[i]  # type: ignore[index]
+            buf.mul_(momentum).add_(g)
+            g = buf
+        p.sub_(g, alpha=lr)
+
+
+def train_segment(state: TrainState, problem: StepProblem, t0: int, t1: int) -> None:
+    """Advance all trajectories from step t0 to step t1 (exclusive), in place."""
+    for t in range(t0, t1):
+        idx = problem.schedule.indices(t)
+        x = poison_batch(problem.poison, problem.x_train[idx], idx, problem.dtype)
+        grads = mlp_gradients(state.params, x, problem.y_train[idx])
+        sgd_update(state, grads, problem.lr, problem.momentum, problem.weight_decay)

@@ -1,0 +1,186 @@
+"""Validated configuration: what is sampled, how training runs, and what the attacker may do.
+
+Every dataclass checks its values at construction and raises :class:`ConfigError` (a
+``ValueError``) naming the offending field, so a bad value never reaches the engine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+NORMS = ("inf", "2")
+ATTACKS = ("uniform", "sign", "gradient")
+DTYPES = ("float32", "float64")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+def _check(cond: bool, field_name: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(field_name, message)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _norm_name(norm: Any) -> str:
+    """Accept 'inf', 'linf', 'l2', '2' (any case) and the numbers 2 and inf."""
+    text = str(norm).strip().lower()
+    return {"linf": "inf", "l2": "2", "2.0": "2"}.get(text, text)
+
+
+def _positive_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """Training-time poisoning: each point poisoned w.p. ``rho``; ||Delta||_p <= delta; x in domain."""
+
+    norm: str = "inf"
+    rho: float = 0.5
+    domain: Tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "norm", _norm_name(self.norm))
+        _check(self.norm in NORMS, "norm", f"must be one of {NORMS}, got {self.norm!r}")
+        _check(_finite(self.rho) and 0.0 <= self.rho <= 1.0, "rho", f"must be in [0, 1], got {self.rho!r}")
+        lo, hi = self.domain
+        _check(_finite(lo) and _finite(hi) and lo < hi, "domain", f"must be (low, high) with low < high, got {self.domain!r}")
+        object.__setattr__(self, "domain", (float(lo), float(hi)))
+
+
+@dataclass(frozen=True)
+class SamplingAttack:
+    """The distribution A_delta the perturbations are drawn from; every guarantee names it.
+
+    ``gradient``: delta times the normalised input gradient of a clean reference model (trained
+    once, seed ``reference_seed``), each poisoned point's sign flipped with probability
+    ``sign_noise``. ``sign``: random l_inf corners. ``uniform``: uniform in the l_p ball.
+    """
+
+    kind: str = "gradient"
+    sign_noise: float = 0.0
+    reference_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ATTACKS, "attack", f"must be one of {ATTACKS}, got {self.kind!r}")
+        _check(_finite(self.sign_noise) and 0.0 <= self.sign_noise <= 1.0, "sign_noise", f"must be in [0, 1], got {self.sign_noise!r}")
+        _check(isinstance(self.reference_seed, int) and 0 <= self.reference_seed < 2**63, "reference_seed", "must be an int in [0, 2**63)")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """The dynamics f: ``steps`` of minibatch SGD, recorded every ``record_every`` steps."""
+
+    steps: int = 200
+    batch: int = 32
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    record_every: int = 4
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _check(_positive_int(self.steps), "steps", f"must be an int >= 1, got {self.steps!r}")
+        _check(_positive_int(self.batch), "batch", f"must be an int >= 1, got {self.batch!r}")
+        _check(_finite(self.lr) and self.lr > 0, "lr", f"must be a finite number > 0, got {self.lr!r}")
+        _check(_finite(self.momentum) and 0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum!r}")
+        _check(_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        _check(_positive_int(self.record_every), "record_every", f"must be an int >= 1, got {self.record_every!r}")
+        _check(self.steps % self.record_every == 0, "record_every", f"must divide steps ({self.steps}), got {self.record_every}")
+        _check(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
+
+    @property
+    def intervals(self) -> int:
+        """K, the number of recorded intervals."""
+        return self.steps // self.record_every
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """MLP family: ``hidden`` widths of 1 or 2 ReLU layers (input and classes come from the data)."""
+
+    hidden: Tuple[int, ...] = (32,)
+
+    def __post_init__(self) -> None:
+        hidden = tuple(self.hidden)
+        _check(1 <= len(hidden) <= 2 and all(_positive_int(h) for h in hidden), "hidden", f"must be 1 or 2 positive ints, got {self.hidden!r}")
+        object.__setattr__(self, "hidden", hidden)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The feature map phi: random projection of theta (``projection_dim``) + probe loss/acc + drift."""
+
+    projection_dim: int = 8
+    probe_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.projection_dim, int) and self.projection_dim >= 0, "projection_dim", "must be an int >= 0")
+        _check(_positive_int(self.probe_size), "probe_size", f"must be an int >= 1, got {self.probe_size!r}")
+        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "feature seed", "must be an int in [0, 2**63)")
+
+    @property
+    def dim(self) -> int:
+        return self.projection_dim + 3
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Everything that defines one batch of trajectories except the budget delta and the seeds."""
+
+    dataset: str = "digits"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    recipe: TrainRecipe = field(default_factory=TrainRecipe)
+    threat: ThreatModel = field(default_factory=ThreatModel)
+    attack: SamplingAttack = field(default_factory=SamplingAttack)
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    memory_budget_mb: float = 2048.0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "must be a dataset name")
+        _check(_finite(self.memory_budget_mb) and self.memory_budget_mb > 0, "memory_budget_mb", "must be > 0")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "SampleConfig":
+        d = dict(d)
+        return cls(
+            dataset=d.get("dataset", "digits"),
+            model=ModelSpec(**{**d.get("model", {}), "hidden": tuple(d.get("model", {}).get("hidden", (32,)))}),
+            recipe=TrainRecipe(**d.get("recipe", {})),
+            threat=ThreatModel(**{**d.get("threat", {}), "domain": tuple(d.get("threat", {}).get("domain", (0.0, 1.0)))}),
+            attack=SamplingAttack(**d.get("attack", {})),
+            features=FeatureSpec(**d.get("features", {})),
+            memory_budget_mb=d.get("memory_budget_mb", 2048.0),
+        )
+
+
+def check_delta(delta: Any) -> float:
+    """The budget delta must be a finite number >= 0."""
+    _check(_finite(delta) and delta >= 0, "delta", f"must be a finite number >= 0, got {delta!r}")
+    return float(delta)
+
+
+def check_count(n: Any, field_name: str = "n") -> int:
+    _check(_positive_int(n), field_name, f"must be an int >= 1, got {n!r}")
+    return int(n)
+
+
+__all__ = [
+    "ConfigError", "ThreatModel", "SamplingAttack", "TrainRecipe", "ModelSpec", "FeatureSpec",
+    "SampleConfig", "check_delta", "check_count",
+]

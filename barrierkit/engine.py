@@ -1,0 +1,184 @@
+"""The trajectory engine: N (possibly poisoned) training runs at once, recorded every r steps.
+
+``sample(config, delta, seeds)`` runs T steps of minibatch SGD for every trajectory (rows of
+``seeds``: init, poison and schedule seed), records the features phi at steps 0, r, 2r, ..., T
+and the terminal test accuracy. N is processed in chunks sized from a memory budget; the chunk
+size never changes a result because every random draw is keyed by a trajectory's own seeds.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import __version__
+from .attacks import gradient_directions
+from .backends import StepProblem, TrainState, get_backend
+from .config import ConfigError, SampleConfig, check_count, check_delta
+from .data import Dataset, get_dataset
+from .features import FeatureMap, feature_names
+from .models import MLPShape, flatten, init_params, loss_and_accuracy
+from .poison import PoisonSpec
+from .rng import SEED_LIMIT, derive_seeds
+from .schedule import Schedule
+from .trajectories import SEED_COLUMNS, Trajectories
+
+# Seed families: trajectory seeds are derived as derive_seeds(master, 3 * purpose + column).
+PURPOSE_CLEAN = 1
+PURPOSE_SAMPLE = 2
+
+
+def trajectory_seeds(master_seed: int, purpose: int, count: int, start: int = 0) -> np.ndarray:
+    """[count, 3] int64 seeds (init, poison, schedule) for trajectories start..start+count-1."""
+    check_count(count, "n")
+    cols = [derive_seeds(master_seed, 3 * purpose + j, start, count) for j in range(3)]
+    return np.stack(cols, axis=1).astype(np.int64)
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def bytes_per_trajectory(config: SampleConfig, data: Dataset) -> int:
+    """A generous estimate of the working memory one trajectory needs during training."""
+    shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
+    item = 4 if config.recipe.dtype == "float32" else 8
+    d = shape.param_count
+    b = config.recipe.batch
+    activations = b * sum(shape.widths) * item * 4
+    poison_tmp = b * data.input_dim * 8 * 12  # float64 rows, int64 Philox words and masks
+    evaluation = max(config.features.probe_size, data.x_test.shape[0]) * sum(shape.widths) * 8 * 3
+    return d * (item * 4 + 8 * 2) + activations + poison_tmp + evaluation
+
+
+def chunk_size(config: SampleConfig, data: Dataset, n: int) -> int:
+    """Trajectories per chunk so that one chunk fits the memory budget."""
+    per = bytes_per_trajectory(config, data)
+    return max(1, min(n, int(config.memory_budget_mb * 2**20 // per)))
+
+
+def _validate_seeds(seeds: np.ndarray) -> np.ndarray:
+    seeds = np.asarray(seeds)
+    if seeds.ndim != 2 or seeds.shape[1] != 3 or seeds.shape[0] < 1:
+        raise ConfigError("seeds", f"must be an [N, 3] array (init, poison, schedule) with N >= 1, got shape {seeds.shape}")
+    if not np.issubdtype(seeds.dtype, np.integer) or seeds.min() < 0 or int(seeds.max()) >= SEED_LIMIT:
+        raise ConfigError("seeds", "must be integers in [0, 2**63)")
+    return seeds.astype(np.int64)
+
+
+def sample(
+    config: SampleConfig,
+    delta: float,
+    seeds: np.ndarray,
+    *,
+    data: Optional[Dataset] = None,
+    backend: str = "torch",
+    device: str | torch.device = "cpu",
+    chunk: Optional[int] = None,
+    progress: Optional[bool] = None,
+    description: str = "sampling",
+) -> Trajectories:
+    """Run one training trajectory per row of ``seeds`` at budget ``delta``; record phi and g."""
+    delta = check_delta(delta)
+    seeds = _validate_seeds(seeds)
+    data = data if data is not None else get_dataset(config.dataset)
+    if config.recipe.batch > data.x_train.shape[0]:
+        raise ConfigError("batch", f"must be <= the number of training points ({data.x_train.shape[0]})")
+    step_fn = get_backend(backend)
+    device = torch.device(device)
+    n = seeds.shape[0]
+    recipe = config.recipe
+    dtype = _torch_dtype(recipe.dtype)
+    shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
+    poisoning = delta > 0 and config.threat.rho > 0
+    directions = None
+    t_start = time.perf_counter()
+    if poisoning and config.attack.kind == "gradient":
+        directions = torch.as_tensor(gradient_directions(config, data), device=device)
+    t_reference = time.perf_counter() - t_start
+
+    x_train = torch.as_tensor(data.x_train, dtype=torch.float64, device=device)
+    y_train = torch.as_tensor(data.y_train, device=device)
+    x_test = torch.as_tensor(data.x_test, dtype=torch.float64, device=device)
+    y_test = torch.as_tensor(data.y_test, device=device)
+    fmap = FeatureMap(config.features, shape, data, device=device)
+    K, r = recipe.intervals, recipe.record_every
+    features = np.empty((n, K + 1, fmap.dim), dtype=np.float64)
+    test_acc = np.empty(n, dtype=np.float64)
+    fraction = np.zeros(n, dtype=np.float64)
+    size = chunk or chunk_size(config, data, n)
+    timings = {"reference_s": t_reference, "train_s": 0.0, "features_s": 0.0, "eval_s": 0.0}
+
+    show = sys.stderr.isatty() if progress is None else progress
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n * recipe.steps, unit="step", unit_scale=True, desc=description, disable=not show, delay=1.0, leave=False)
+    try:
+        for lo in range(0, n, size):
+            hi = min(n, lo + size)
+            s = torch.as_tensor(seeds[lo:hi], device=device)
+            tic = time.perf_counter()
+            params = init_params(shape, seeds[lo:hi, 0], dtype=dtype, device=device)
+            theta0 = flatten(params).to(torch.float64)
+            features[lo:hi, 0] = fmap(params, theta0).cpu().numpy()
+            timings["features_s"] += time.perf_counter() - tic
+            poison = PoisonSpec(
+                seeds=s[:, 1], rho=config.threat.rho, delta=delta, norm=config.threat.norm, kind=config.attack.kind,
+                domain=config.threat.domain, sign_noise=config.attack.sign_noise, directions=directions,
+            ).with_point_draws(data.x_train.shape[0])
+            fraction[lo:hi] = poison.point_mask.to(torch.float64).mean(dim=1).cpu().numpy()
+            problem = StepProblem(
+                x_train=x_train, y_train=y_train, schedule=Schedule(s[:, 2], data.x_train.shape[0], recipe.batch),
+                poison=poison,
+                lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, dtype=dtype,
+            )
+            state = TrainState(params)
+            for k in range(1, K + 1):
+                tic = time.perf_counter()
+                step_fn(state, problem, (k - 1) * r, k * r)
+                tac = time.perf_counter()
+                features[lo:hi, k] = fmap(state.params, theta0).cpu().numpy()
+                timings["train_s"] += tac - tic
+                timings["features_s"] += time.perf_counter() - tac
+                bar.update((hi - lo) * r)
+            tic = time.perf_counter()
+            _, acc = loss_and_accuracy([p.to(torch.float64) for p in state.params], x_test, y_test)
+            test_acc[lo:hi] = acc.cpu().numpy()
+            timings["eval_s"] += time.perf_counter() - tic
+    finally:
+        bar.close()
+    timings["total_s"] = time.perf_counter() - t_start
+    timings["trajectory_steps_per_s"] = n * recipe.steps / max(timings["train_s"] + timings["features_s"], 1e-12)
+    if not np.all(np.isfinite(features)):
+        bad = int(np.argwhere(~np.isfinite(features).all(axis=(1, 2)))[0, 0])
+        raise FloatingPointError(f"trajectory {bad} diverged (non-finite features); lower the learning rate")
+    meta = {
+        "config": config.to_dict(), "delta": delta, "backend": backend, "device": str(device),
+        "dtype": recipe.dtype, "dataset": data.name, "data_hash": data.content_hash, "model_hash": shape.spec_hash,
+        "param_count": shape.param_count, "feature_names": feature_names(config.features), "seed_columns": list(SEED_COLUMNS),
+        "chunk": size, "timings": timings, "versions": versions(),
+    }
+    meta = json.loads(json.dumps(meta))  # exactly what a saved file loads back (lists, not tuples)
+    return Trajectories(features, test_acc, seeds, fraction, delta, meta)
+
+
+def clean_accuracy(config: SampleConfig, n_clean: int, master_seed: int, **kwargs) -> tuple[float, Trajectories]:
+    """g_c: the median terminal test accuracy of ``n_clean`` clean runs (delta = 0), and the runs."""
+    runs = sample(config, 0.0, trajectory_seeds(master_seed, PURPOSE_CLEAN, n_clean), description="clean runs", **kwargs)
+    return float(np.median(runs.test_accuracy)), runs
+
+
+def versions() -> dict:
+    """Versions that define the simulated dynamics and the result."""
+    return {
+        "barrierkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "numpy": np.__version__, "platform": platform.platform(),
+    }
+
+
+__all__ = ["sample", "clean_accuracy", "trajectory_seeds", "chunk_size", "bytes_per_trajectory"]

@@ -1,0 +1,67 @@
+"""The feature map phi recorded at every recorded state (METHOD section 5), in float64.
+
+phi(theta) = [P (theta - theta_bar_0), probe loss, probe accuracy, ||theta - theta(0)||_2] with
+theta_bar_0 = 0 (the mean of the symmetric initialisation) and P a seeded Rademacher matrix
+[projection_dim, d] scaled by 1/sqrt(d): entry (r, j) is +-1/sqrt(d) from bit (r*d + j) % 32
+of the Philox stream PROJECTION. The probe set is ``probe_size`` clean training points chosen by
+the stable argsort of Philox(seed; i, 0, PROBE, 0)[0].
+"""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import torch
+
+from .config import FeatureSpec
+from .data import Dataset
+from .models import MLPShape, Params, flatten, loss_and_accuracy
+from .rng import Stream, bits_numpy
+
+
+def feature_names(spec: FeatureSpec) -> List[str]:
+    return [f"proj{r}" for r in range(spec.projection_dim)] + ["probe_loss", "probe_acc", "drift"]
+
+
+def projection_matrix(spec: FeatureSpec, d: int) -> np.ndarray:
+    """The seeded Rademacher projection [projection_dim, d] in float64."""
+    total = spec.projection_dim * d
+    n_words = (total + 31) // 32
+    blocks = np.arange((n_words + 3) // 4, dtype=np.uint64)
+    words = np.stack(bits_numpy(spec.seed, blocks, 0, Stream.PROJECTION), axis=-1).reshape(-1)[:n_words]
+    e = np.arange(total, dtype=np.uint64)
+    bit = (words[e // np.uint64(32)] >> (e % np.uint64(32))) & np.uint64(1)
+    return ((2.0 * bit.astype(np.float64) - 1.0) / np.sqrt(d)).reshape(spec.projection_dim, d)
+
+
+def probe_indices(spec: FeatureSpec, n_train: int) -> np.ndarray:
+    """Indices of the probe subset of the clean training data (sorted)."""
+    keys = bits_numpy(spec.seed, np.arange(n_train, dtype=np.uint64), 0, Stream.PROBE)[0]
+    return np.sort(np.argsort(keys, kind="stable")[: min(spec.probe_size, n_train)])
+
+
+class FeatureMap:
+    """Evaluates phi for a stack of models, on the compute device, in float64."""
+
+    def __init__(self, spec: FeatureSpec, shape: MLPShape, data: Dataset, device="cpu"):
+        self.spec = spec
+        self.projection = torch.as_tensor(projection_matrix(spec, shape.param_count), device=device)
+        idx = probe_indices(spec, data.x_train.shape[0])
+        self.probe_x = torch.as_tensor(data.x_train[idx], dtype=torch.float64, device=device)
+        self.probe_y = torch.as_tensor(data.y_train[idx], device=device)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def __call__(self, params: Params, theta0: torch.Tensor) -> torch.Tensor:
+        """[N, k] float64 features of the models ``params``; theta0 is [N, d] float64."""
+        p64 = [p.to(torch.float64) for p in params]
+        theta = flatten(p64)
+        # bmm with one row per trajectory: each trajectory's projection is computed by the same
+        # kernel whatever N is, so chunking never changes a feature (a plain matmul switches
+        # between gemv and gemm with N and changes the last bits).
+        proj = torch.bmm(theta.unsqueeze(1), self.projection.T.unsqueeze(0).expand(theta.shape[0], -1, -1)).squeeze(1)
+        loss, acc = loss_and_accuracy(p64, self.probe_x, self.probe_y)
+        drift = torch.linalg.vector_norm(theta - theta0, dim=1)
+        return torch.cat([proj, loss[:, None], acc[:, None], drift[:, None]], dim=1)

@@ -1,0 +1,163 @@
+"""Counter-based random numbers: Philox4x32-10, one definition for every backend.
+
+Every random quantity in barrierkit (initial weights, poison subsets, perturbations, batch
+order, projection matrices, derived seeds) is a pure function of a 64-bit seed and integer
+counters. That makes any trajectory replayable from its seeds alone, on any backend, and lets a
+fused kernel generate poison on the fly instead of materialising N poisoned datasets.
+
+Layout of one draw: key = (seed mod 2^32, seed >> 32); counter = (c0, c1, tag, c3), where
+``tag`` names the stream (see :class:`Stream`) so different uses of one seed never overlap.
+
+Two implementations live here, numpy (uint64 arithmetic) and torch (int64 arithmetic with a
+16-bit split for the 32x32 -> 64 bit product, so it runs wherever torch integer ops run). They
+return identical integer bits; tests check them against the Random123 known-answer vectors.
+Uniforms are ``(bits + 0.5) / 2**32`` computed in float64, which is exact, so uniforms agree
+bit for bit too. Anything built from transcendental functions (normals) agrees to a few ulp.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Tuple
+
+import numpy as np
+import torch
+
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+PHILOX_ROUNDS = 10
+MASK32 = 0xFFFFFFFF
+SEED_LIMIT = 2**63  # seeds are non-negative and fit a signed 64-bit integer
+
+
+class Stream(enum.IntEnum):
+    """Counter word c2: which use a draw serves. Never renumber: results depend on it."""
+
+    DERIVE_SEED = 1
+    INIT = 2
+    SUBSET = 3
+    DELTA = 4
+    SIGN_FLIP = 5
+    SHUFFLE = 6
+    PROJECTION = 7
+    PROBE = 8
+    DATA = 9
+    TEST_UNIFORM = 10
+
+
+# --------------------------------------------------------------------------- numpy
+
+
+def philox4x32_numpy(
+    c0: np.ndarray, c1: np.ndarray, c2: np.ndarray, c3: np.ndarray, k0: np.ndarray, k1: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Philox4x32-10 on broadcastable arrays of 32-bit values (any integer dtype); uint64 out."""
+    c0, c1, c2, c3, k0, k1 = (np.asarray(a).astype(np.uint64) & np.uint64(MASK32) for a in (c0, c1, c2, c3, k0, k1))
+    c0, c1, c2, c3, k0, k1 = np.broadcast_arrays(c0, c1, c2, c3, k0, k1)
+    m0, m1, mask = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1), np.uint64(MASK32)
+    w0, w1, s32 = np.uint64(PHILOX_W0), np.uint64(PHILOX_W1), np.uint64(32)
+    for _ in range(PHILOX_ROUNDS):
+        p0 = m0 * c0  # < 2**64: exact in uint64
+        p1 = m1 * c2
+        c0, c1, c2, c3 = (p1 >> s32) ^ c1 ^ k0, p1 & mask, (p0 >> s32) ^ c3 ^ k1, p0 & mask
+        k0 = (k0 + w0) & mask
+        k1 = (k1 + w1) & mask
+    return c0, c1, c2, c3
+
+
+def split_seed_numpy(seed) -> Tuple[np.ndarray, np.ndarray]:
+    """A 64-bit seed (array) as the Philox key words (low, high)."""
+    s = np.asarray(seed).astype(np.uint64)
+    return s & np.uint64(MASK32), s >> np.uint64(32)
+
+
+def bits_numpy(seed, c0, c1, stream: int, c3=0) -> Tuple[np.ndarray, ...]:
+    """The four 32-bit words drawn for ``seed`` at counter (c0, c1, stream, c3)."""
+    k0, k1 = split_seed_numpy(seed)
+    return philox4x32_numpy(np.asarray(c0), np.asarray(c1), np.asarray(int(stream)), np.asarray(c3), k0, k1)
+
+
+def uniform_from_bits_numpy(bits: np.ndarray) -> np.ndarray:
+    """Uniform in the open interval (0, 1), exact in float64."""
+    return (bits.astype(np.float64) + 0.5) * (1.0 / 4294967296.0)
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def _mulhilo_torch(a: int, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32-bit words of a*b for a 32-bit constant a and int64 b in [0, 2**32)."""
+    b_lo = b & 0xFFFF
+    b_hi = b >> 16
+    p0 = b_lo * a  # < 2**48
+    p1 = b_hi * a  # < 2**48
+    lo = (((p1 & 0xFFFF) << 16) + p0) & MASK32
+    hi = (p1 + (p0 >> 16)) >> 16
+    return hi, lo
+
+
+def philox4x32_torch(
+    c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, k0: torch.Tensor, k1: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Philox4x32-10 on broadcastable int64 tensors holding 32-bit values; int64 out."""
+    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(*(t.to(torch.int64) & MASK32 for t in (c0, c1, c2, c3, k0, k1)))
+    for _ in range(PHILOX_ROUNDS):
+        hi0, lo0 = _mulhilo_torch(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo_torch(PHILOX_M1, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + PHILOX_W0) & MASK32
+        k1 = (k1 + PHILOX_W1) & MASK32
+    return c0, c1, c2, c3
+
+
+def _as_long(x, device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=torch.int64)
+    return torch.as_tensor(np.asarray(x, dtype=np.int64), device=device)
+
+
+def bits_torch(seed, c0, c1, stream: int, c3=0, device=None) -> Tuple[torch.Tensor, ...]:
+    """The four 32-bit words (int64 tensors) for ``seed`` at counter (c0, c1, stream, c3)."""
+    if device is None:
+        device = next((t.device for t in (seed, c0, c1, c3) if isinstance(t, torch.Tensor)), torch.device("cpu"))
+    s = _as_long(seed, device)
+    k0, k1 = s & MASK32, s >> 32
+    return philox4x32_torch(_as_long(c0, device), _as_long(c1, device), torch.full((), int(stream), dtype=torch.int64, device=device), _as_long(c3, device), k0, k1)
+
+
+def uniform_from_bits_torch(bits: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Uniform in (0, 1): computed exactly in float64, then rounded to ``dtype``."""
+    return ((bits.to(torch.float64) + 0.5) * (1.0 / 4294967296.0)).to(dtype)
+
+
+def normal_pair_torch(b0: torch.Tensor, b1: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Two standard normals (float64) from two words by Box-Muller."""
+    u0 = uniform_from_bits_torch(b0)
+    u1 = uniform_from_bits_torch(b1)
+    r = torch.sqrt(-2.0 * torch.log(u0))
+    return r * torch.cos(2.0 * np.pi * u1), r * torch.sin(2.0 * np.pi * u1)
+
+
+def normal_pair_numpy(b0: np.ndarray, b1: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Two standard normals (float64) from two words by Box-Muller (numpy twin)."""
+    u0 = uniform_from_bits_numpy(b0)
+    u1 = uniform_from_bits_numpy(b1)
+    r = np.sqrt(-2.0 * np.log(u0))
+    return r * np.cos(2.0 * np.pi * u1), r * np.sin(2.0 * np.pi * u1)
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def derive_seeds(master_seed: int, purpose: int, start: int, count: int) -> np.ndarray:
+    """``count`` independent 63-bit seeds for trajectories start..start+count-1 of a purpose.
+
+    Purpose separates seed families (e.g. clean runs, training split, verification split of
+    each probe); the result is a pure function of its arguments.
+    """
+    if not 0 <= int(master_seed) < SEED_LIMIT:
+        raise ValueError(f"seed: must be in [0, 2**63), got {master_seed}")
+    idx = np.arange(start, start + count, dtype=np.uint64)
+    r0, r1, _, _ = bits_numpy(np.uint64(master_seed), idx, np.uint64(purpose), Stream.DERIVE_SEED)
+    return ((r1 << np.uint64(32)) | r0).astype(np.uint64) >> np.uint64(1)

@@ -1,0 +1,1 @@
+"""barrierkit benchmarks: workloads, baselines and the harness (python -m bench ...)."""

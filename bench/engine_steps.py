@@ -1,0 +1,96 @@
+"""Trajectory-steps per second: a per-trajectory nn.Module + SGD loop against the batched engine.
+
+The loop is how a paper-style implementation trains its runs: one model at a time, its poisoned
+dataset materialised once per run, torch.optim.SGD with autograd. Its throughput does not
+depend on N, so it is measured on ``--loop-runs`` runs. The engine runs N trajectories at once
+and also records the features phi (extra work the loop does not do).
+
+    python -m bench.engine_steps [--n 100 1000 4000] [--steps 200] [--out bench/results]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from barrierkit.config import SampleConfig
+from barrierkit.data import load_digits
+from barrierkit.engine import PURPOSE_SAMPLE, sample, trajectory_seeds
+from barrierkit.models import MLPShape, init_params, to_module
+from barrierkit.poison import PoisonSpec, poison_batch
+from barrierkit.attacks import gradient_directions
+from barrierkit.schedule import Schedule
+
+from .machine import describe
+
+
+def loop_throughput(config: SampleConfig, data, delta: float, runs: int) -> float:
+    """Trajectory-steps per second of the one-model-at-a-time loop."""
+    seeds = trajectory_seeds(99, PURPOSE_SAMPLE, runs)
+    shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
+    directions = torch.as_tensor(gradient_directions(config, data))
+    x = torch.as_tensor(data.x_train, dtype=torch.float64)
+    y = torch.as_tensor(data.y_train)
+    idx_all = torch.arange(x.shape[0]).view(1, -1)
+    r = config.recipe
+    start = time.perf_counter()
+    for s in seeds:
+        model = to_module(init_params(shape, [s[0]]), 0)
+        spec = PoisonSpec(torch.tensor([s[1]]), config.threat.rho, delta, config.threat.norm, config.attack.kind, directions=directions)
+        xp = poison_batch(spec, x[idx_all], idx_all, torch.float32)[0]
+        opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum)
+        sched = Schedule(torch.tensor([s[2]]), x.shape[0], r.batch)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        for t in range(r.steps):
+            idx = sched.indices(t)[0]
+            opt.zero_grad()
+            loss_fn(model(xp[idx]), y[idx]).backward()
+            opt.step()
+    return runs * r.steps / (time.perf_counter() - start)
+
+
+def engine_throughput(config: SampleConfig, data, delta: float, n: int, repeats: int) -> list:
+    """Trajectory-steps per second of the batched engine (whole sample() call), per repeat."""
+    out = []
+    for rep in range(repeats):
+        seeds = trajectory_seeds(rep, PURPOSE_SAMPLE, n)
+        start = time.perf_counter()
+        sample(config, delta, seeds, data=data, progress=False)
+        out.append(n * config.recipe.steps / (time.perf_counter() - start))
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[100, 1000, 4000])
+    ap.add_argument("--delta", type=float, default=0.1)
+    ap.add_argument("--loop-runs", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = ap.parse_args(argv)
+    config = SampleConfig()  # digits, MLP 64-32-10, batch 32, gradient attack, rho 0.5
+    data = load_digits()
+    gradient_directions(config, data)  # the reference model is trained once, outside the timings
+    loop = loop_throughput(config, data, args.delta, args.loop_runs)
+    rows = []
+    for n in args.n:
+        eng = engine_throughput(config, data, args.delta, n, args.repeats)
+        rows.append({"n": n, "engine_steps_per_s_best": max(eng), "engine_steps_per_s_median": float(np.median(eng)),
+                     "loop_steps_per_s": loop, "speedup_best": max(eng) / loop})
+        print(f"N={n:5d}  engine {max(eng):10.0f} steps/s (median {np.median(eng):.0f})  loop {loop:8.0f} steps/s  x{max(eng) / loop:6.1f}")
+    result = {"benchmark": "engine_steps", "workload": "digits MLP 64-32-10 batch 32, gradient attack rho 0.5",
+              "delta": args.delta, "steps": config.recipe.steps, "rows": rows, "machine": describe()}
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"engine_steps-{result['machine']['commit']}.json")
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=2)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

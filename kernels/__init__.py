@@ -1,0 +1,1 @@
+"""Triton kernels (imported as barrierkit.kernels); they import triton and torch, never barrierkit."""
