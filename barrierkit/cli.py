@@ -31,12 +31,12 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="digits", help="digits (embedded, default), synthetic (64-d) or synthetic-mnist (784-d)")
     g.add_argument("--hidden", type=_hidden, default=(32,), help="hidden widths, e.g. 32 or 64,32 (default: 32)")
     g = p.add_argument_group("training recipe (the dynamics)")
-    g.add_argument("--steps", type=int, default=200, help="SGD steps T per run (default: 200)")
+    g.add_argument("--steps", type=int, default=400, help="SGD steps T per run (default: 400)")
     g.add_argument("--batch", type=int, default=32, help="minibatch size (default: 32)")
     g.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1)")
     g.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default: 0)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default: 0)")
-    g.add_argument("--record-every", type=int, default=4, help="record features every r steps; K = T/r (default: 4)")
+    g.add_argument("--record-every", type=int, default=8, help="record features every r steps; K = T/r (default: 8)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision (default: float32)")
     g = p.add_argument_group("threat model")
     g.add_argument("--rho", type=float, default=0.5, help="probability that a training point is poisoned (default: 0.5)")
@@ -109,6 +109,60 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def certify_config_from_args(args: argparse.Namespace) -> "CertifyConfig":
+    from .config import CertifyConfig
+
+    return CertifyConfig(
+        sample=config_from_args(args), alpha=args.alpha, epsilon=args.epsilon, beta=args.beta, n_verify=args.n_verify,
+        n_train=args.n_train, n_clean=args.n_clean, n_pool=args.n_pool, max_probes=args.max_probes,
+        delta_start=args.delta_start, delta_hi=args.delta_hi, rel_tol=args.rel_tol, solver=args.solver.upper(),
+        seed=args.seed,
+    )
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    from .api import certify
+
+    config = certify_config_from_args(args)
+    if args.out:
+        _check_writable(args.out, "out")
+    cert = certify(config, backend=args.backend, device=args.device, progress=False if args.quiet else None)
+    if args.out:
+        cert.save(args.out)
+    print(cert.summary())
+    if args.out:
+        print(f"\ncertificate written to {args.out} (owner-only); check it with: barrierkit verify {args.out}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .certificate import Certificate, CertificateError
+
+    try:
+        cert = Certificate.load(args.certificate)
+    except CertificateError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        problems = cert.check()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"certificate: malformed document ({type(exc).__name__}: {exc})") from None
+    if problems:
+        raise CliError("certificate: " + "; ".join(problems))
+    print(f"{args.certificate}: OK: {cert.status}; {len(cert.doc['probes'])} probes re-checked "
+          f"(PAC arithmetic, eta_check from stored margins, statuses, radii)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .certificate import Certificate, CertificateError
+
+    try:
+        print(Certificate.load(args.certificate).summary())
+    except CertificateError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
 def _quantiles(x: np.ndarray) -> dict:
     q = np.quantile(x, [0.0, 0.05, 0.5, 0.95, 1.0])
     return {"min": float(q[0]), "q05": float(q[1]), "median": float(q[2]), "q95": float(q[3]), "max": float(q[4]), "mean": float(np.mean(x))}
@@ -131,6 +185,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="safety threshold on the accuracy drop (default: 0.05)")
     add_sample_options(p)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("certify", help="search the largest certified poisoning budget and write a Certificate",
+                       description="Bisect over the budget delta; at each probe sample fresh poisoned runs, fit a "
+                                   "neural barrier certificate on a training split and verify it with a scenario "
+                                   "convex program on a verification split (PAC: confidence 1 - beta, violation "
+                                   "level epsilon). Prints the report; writes the JSON certificate to --out.")
+    g = p.add_argument_group("certificate")
+    g.add_argument("--alpha", type=float, default=0.05, help="unsafe when the accuracy drop G = g_c - g exceeds alpha (default: 0.05)")
+    g.add_argument("--epsilon", type=float, default=0.02, help="largest acceptable violation level (default: 0.02)")
+    g.add_argument("--beta", type=float, default=1e-4, help="1 - confidence, split over the probes (default: 1e-4)")
+    g.add_argument("--n-verify", type=int, default=2000, help="verification runs per probe, N_v (default: 2000)")
+    g.add_argument("--n-train", type=int, default=500, help="training-split runs per probe (fit the barrier) (default: 500)")
+    g.add_argument("--n-clean", type=int, default=200, help="clean runs for g_c (default: 200)")
+    g.add_argument("--n-pool", type=int, default=200, help="heavily poisoned runs for the unsafe pool (default: 200)")
+    g.add_argument("--max-probes", type=int, default=8, help="K_max, probes in the search (beta is split over them) (default: 8)")
+    g.add_argument("--delta-start", type=float, default=0.05, help="first probe when bracketing by doubling (default: 0.05)")
+    g.add_argument("--delta-hi", type=float, default=None, help="upper end of the search (default: bracket by doubling)")
+    g.add_argument("--rel-tol", type=float, default=0.05, help="stop bisecting at this relative bracket width (default: 0.05)")
+    g.add_argument("--solver", default="CLARABEL", help="CLARABEL (default), OSQP (re-checked, falls back) or HIGHS (LP)")
+    g.add_argument("--out", default=None, help="write the JSON certificate here (owner-only permissions)")
+    add_sample_options(p)
+    p.set_defaults(func=cmd_certify)
+
+    p = sub.add_parser("verify", help="re-check a saved certificate's numbers",
+                       description="Re-check a certificate: its digest, the PAC arithmetic of every probe, eta_check "
+                                   "from the stored margins, the statuses and the radii. Exit 0 when all hold, 2 if not.")
+    p.add_argument("certificate", help="certificate JSON written by barrierkit certify --out")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("report", help="print the plain-text report of a saved certificate")
+    p.add_argument("certificate", help="certificate JSON")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -139,7 +225,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, CliError) as exc:
+    except (ConfigError, CliError, ValueError) as exc:
         print(f"barrierkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -80,14 +80,20 @@ class SamplingAttack:
 
 @dataclass(frozen=True)
 class TrainRecipe:
-    """The dynamics f: ``steps`` of minibatch SGD, recorded every ``record_every`` steps."""
+    """The dynamics f: ``steps`` of minibatch SGD, recorded every ``record_every`` steps.
 
-    steps: int = 200
+    Defaults (digits, MLP 64-32-10): 400 steps (~9 epochs) at lr 0.1, K = 50. Measured here over
+    400 clean runs: median test accuracy 0.936, worst 0.914, so clean training alone is never
+    unsafe at alpha = 0.05; at 200 steps (median 0.903) 0.5 % of clean runs were, which no
+    certificate at epsilon ~ 0.01 can absorb.
+    """
+
+    steps: int = 400
     batch: int = 32
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
-    record_every: int = 4
+    record_every: int = 8
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -180,7 +186,92 @@ def check_count(n: Any, field_name: str = "n") -> int:
     return int(n)
 
 
-__all__ = [
-    "ConfigError", "ThreatModel", "SamplingAttack", "TrainRecipe", "ModelSpec", "FeatureSpec",
-    "SampleConfig", "check_delta", "check_count",
-]
+
+
+SOLVER_NAMES = ("CLARABEL", "OSQP", "HIGHS")
+
+
+@dataclass(frozen=True)
+class CertifyConfig:
+    """A whole certification: the sampled runs, the safety threshold, the PAC levels, the search.
+
+    The unsafe pool comes from ``n_pool`` runs poisoned more heavily than any probe (fraction
+    ``pool_rho``, budget ``pool_delta``, default the largest the domain admits).
+    ``epsilon`` is the largest violation level the user accepts; construction checks that
+    ``n_verify`` verification runs reach it at confidence 1 - beta/max_probes with the barrier's
+    d decision variables (the error names the N needed). ``barrier`` holds the trunk's settings
+    (a :class:`barrierkit.barrier.BarrierConfig`; default when None).
+    """
+
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    alpha: float = 0.05
+    epsilon: float = 0.02
+    beta: float = 1e-4
+    n_verify: int = 2000
+    n_train: int = 500
+    n_clean: int = 200
+    n_pool: int = 200
+    pool_delta: float | None = None
+    pool_rho: float = 1.0
+    max_probes: int = 8
+    delta_start: float = 0.05
+    delta_hi: float | None = None
+    rel_tol: float = 0.05
+    kappa: float = 0.1
+    tau: float = 1e-7
+    mu: float = 1e-3
+    w_bound: float = 100.0
+    solver: str = "CLARABEL"
+    seed: int = 0
+    barrier: Any = None
+
+    def __post_init__(self) -> None:
+        from .barrier import BarrierConfig
+        from .pac import n_min
+
+        if self.barrier is None:
+            object.__setattr__(self, "barrier", BarrierConfig(kappa=self.kappa))
+        elif isinstance(self.barrier, dict):
+            object.__setattr__(self, "barrier", BarrierConfig(**self.barrier))
+        _check(isinstance(self.barrier, BarrierConfig), "barrier", "must be a BarrierConfig")
+        _check(_finite(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha!r}")
+        _check(_finite(self.epsilon) and 0.0 < self.epsilon < 1.0, "epsilon", f"must be in (0, 1), got {self.epsilon!r}")
+        _check(_finite(self.beta) and 0.0 < self.beta < 1.0, "beta", f"must be in (0, 1), got {self.beta!r}")
+        for name in ("n_verify", "n_train", "n_clean", "n_pool", "max_probes"):
+            _check(_positive_int(getattr(self, name)), name, f"must be an int >= 1, got {getattr(self, name)!r}")
+        for name in ("delta_start", "rel_tol", "tau", "w_bound"):
+            _check(_finite(getattr(self, name)) and getattr(self, name) > 0, name, f"must be a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("pool_delta", "delta_hi"):
+            v = getattr(self, name)
+            _check(v is None or (_finite(v) and v > 0), name, f"must be a finite number > 0 (or unset), got {v!r}")
+        _check(_finite(self.pool_rho) and 0.0 < self.pool_rho <= 1.0, "pool_rho", f"must be in (0, 1], got {self.pool_rho!r}")
+        _check(_finite(self.kappa) and 0.0 < self.kappa < 1.0, "kappa", f"must be in (0, 1), got {self.kappa!r}")
+        _check(_finite(self.mu) and self.mu >= 0, "mu", f"must be >= 0, got {self.mu!r}")
+        _check(self.solver in SOLVER_NAMES, "solver", f"must be one of {SOLVER_NAMES}, got {self.solver!r}")
+        _check(self.solver != "HIGHS" or self.mu == 0, "solver", "HIGHS solves LPs only: set mu = 0")
+        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "must be an int in [0, 2**63)")
+        needed = n_min(self.epsilon, self.decision_variables, self.beta_per_probe)
+        _check(self.n_verify >= needed, "n_verify",
+               f"{self.n_verify} verification runs cannot reach epsilon={self.epsilon:g} at beta={self.beta:g} "
+               f"split over {self.max_probes} probes with d={self.decision_variables}: need N_v >= {needed}")
+
+    @property
+    def decision_variables(self) -> int:
+        """d: w (m), gamma, c, eta, plus one epigraph variable when mu > 0."""
+        return self.barrier.out_dim + 3 + (1 if self.mu > 0 else 0)
+
+    @property
+    def beta_per_probe(self) -> float:
+        """Each probe's confidence budget: the union bound over at most max_probes probes."""
+        return self.beta / self.max_probes
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["sample"] = self.sample.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CertifyConfig":
+        d = dict(d)
+        d["sample"] = SampleConfig.from_dict(d.get("sample", {}))
+        return cls(**d)

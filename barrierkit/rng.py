@@ -8,8 +8,8 @@ fused kernel generate poison on the fly instead of materialising N poisoned data
 Layout of one draw: key = (seed mod 2^32, seed >> 32); counter = (c0, c1, tag, c3), where
 ``tag`` names the stream (see :class:`Stream`) so different uses of one seed never overlap.
 
-Two implementations live here, numpy (uint64 arithmetic) and torch (int64 arithmetic with a
-16-bit split for the 32x32 -> 64 bit product, so it runs wherever torch integer ops run). They
+Two implementations live here, numpy (uint64 arithmetic) and torch (wrapping int64
+arithmetic, so it runs wherever torch integer ops run). They
 return identical integer bits; tests check them against the Random123 known-answer vectors.
 Uniforms are ``(bits + 0.5) / 2**32`` computed in float64, which is exact, so uniforms agree
 bit for bit too. Anything built from transcendental functions (normals) agrees to a few ulp.
@@ -87,21 +87,43 @@ def uniform_from_bits_numpy(bits: np.ndarray) -> np.ndarray:
 
 
 def _mulhilo_torch(a: int, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32-bit words of a*b for a 32-bit constant a and int64 b in [0, 2**32)."""
-    b_lo = b & 0xFFFF
-    b_hi = b >> 16
-    p0 = b_lo * a  # < 2**48
-    p1 = b_hi * a  # < 2**48
-    lo = (((p1 & 0xFFFF) << 16) + p0) & MASK32
-    hi = (p1 + (p0 >> 16)) >> 16
-    return hi, lo
+    """High and low 32-bit words of a*b for a 32-bit constant a and int64 b in [0, 2**32).
+
+    The product needs 64 unsigned bits; int64 multiplication wraps modulo 2**64 (two's
+    complement), so the low 64 bits are exact, the arithmetic shift plus mask recovers the high
+    word, and tests check every word against the numpy uint64 implementation.
+    """
+    p = b * a
+    return (p >> 32) & MASK32, p & MASK32
+
+
+PHILOX_BLOCK = 1 << 16  # elements per block: keeps a round's temporaries in cache
 
 
 def philox4x32_torch(
     c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, k0: torch.Tensor, k1: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Philox4x32-10 on broadcastable int64 tensors holding 32-bit values; int64 out."""
-    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(*(t.to(torch.int64) & MASK32 for t in (c0, c1, c2, c3, k0, k1)))
+    """Philox4x32-10 on broadcastable int64 tensors holding 32-bit values; int64 out.
+
+    Large inputs are processed in blocks of PHILOX_BLOCK elements: the ten rounds are ~25
+    elementwise ops each, memory-bound on big tensors and cache-resident on small blocks.
+    """
+    words = torch.broadcast_tensors(*(t.to(torch.int64) & MASK32 for t in (c0, c1, c2, c3, k0, k1)))
+    shape = words[0].shape
+    flat = [w.reshape(-1) for w in words]
+    total = flat[0].numel()
+    if total <= PHILOX_BLOCK:
+        out = _philox_rounds(*flat)
+        return tuple(o.reshape(shape) for o in out)  # type: ignore[return-value]
+    out = [torch.empty(total, dtype=torch.int64, device=flat[0].device) for _ in range(4)]
+    for lo in range(0, total, PHILOX_BLOCK):
+        block = _philox_rounds(*(w[lo:lo + PHILOX_BLOCK] for w in flat))
+        for o, b in zip(out, block):
+            o[lo:lo + PHILOX_BLOCK] = b
+    return tuple(o.reshape(shape) for o in out)  # type: ignore[return-value]
+
+
+def _philox_rounds(c0, c1, c2, c3, k0, k1):
     for _ in range(PHILOX_ROUNDS):
         hi0, lo0 = _mulhilo_torch(PHILOX_M0, c0)
         hi1, lo1 = _mulhilo_torch(PHILOX_M1, c2)

@@ -1,0 +1,147 @@
+"""One probe of the radius search: certify (or refute) a single budget delta with fresh runs.
+
+A probe samples a training split (fits the barrier trunk psi and w0) and a verification split
+that nothing else has seen, both at delta with seeds of their own; labels every run unsafe when
+G = g_c - g > alpha; solves the scenario program on the verification split with psi fixed
+(METHOD section 6) and attaches the PAC level epsilon(N_v, d, beta / K_max). It also evaluates
+the direct baseline on the same runs: no barrier, the d = 1 scenario bound on the terminal
+labels of all of this probe's runs (training and verification, all i.i.d. draws of A_delta).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import pac
+from .barrier import fit_barrier
+from .config import CertifyConfig, SampleConfig
+from .data import Dataset
+from .engine import sample, trajectory_seeds
+from .scenario import ScenarioProblem, solve
+from .trajectories import Trajectories
+
+PURPOSE_POOL = 3
+PURPOSE_PROBE_BASE = 100  # probe j: training split 100 + 2j, verification split 101 + 2j
+
+
+@dataclass
+class CertifyContext:
+    """State shared by the probes of one certification."""
+
+    config: CertifyConfig
+    data: Dataset
+    g_clean: float
+    pool: List[Tuple[float, np.ndarray]]  # (budget, terminal features [*, k]) of known-unsafe runs
+    backend: str = "torch"
+    device: str = "cpu"
+    progress: Optional[bool] = None
+    timings: Dict[str, float] = field(default_factory=lambda: {"sampling_s": 0.0, "barrier_s": 0.0, "scp_s": 0.0})
+    trajectories_sampled: int = 0
+
+    def sample(self, delta: float, purpose: int, n: int, description: str,
+               sample_config: Optional[SampleConfig] = None) -> Trajectories:
+        tic = time.perf_counter()
+        runs = sample(sample_config or self.config.sample, delta, trajectory_seeds(self.config.seed, purpose, n), data=self.data,
+                      backend=self.backend, device=self.device, progress=self.progress, description=description)
+        self.timings["sampling_s"] += time.perf_counter() - tic
+        self.trajectories_sampled += n
+        return runs
+
+    def pool_above(self, delta: float) -> np.ndarray:
+        """Unsafe states from runs at budgets larger than ``delta`` (METHOD section 5).
+
+        States from the probe's own budget are left out: they sit on the safety boundary next to
+        safe runs of the same budget, so no barrier with a margin can separate them, and they add
+        nothing a fresh verification split does not already test through its labels.
+        """
+        k = self.config.sample.features.dim
+        parts = [states for budget, states in self.pool if budget > delta]
+        return np.concatenate(parts) if parts else np.empty((0, k))
+
+
+def witness(runs: Trajectories, index: int, g_clean: float, delta: float) -> Dict[str, Any]:
+    """A replayable unsafe run: its seeds and what it ended with."""
+    return {
+        "delta": delta, "seeds": {"init": int(runs.seeds[index, 0]), "poison": int(runs.seeds[index, 1]),
+                                  "schedule": int(runs.seeds[index, 2])},
+        "test_accuracy": float(runs.test_accuracy[index]), "accuracy_drop": float(g_clean - runs.test_accuracy[index]),
+    }
+
+
+def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
+    """Certify, refute or give up on budget ``delta``; the probe's full record (JSON-safe)."""
+    cfg = ctx.config
+    beta_probe = cfg.beta_per_probe
+    train = ctx.sample(delta, PURPOSE_PROBE_BASE + 2 * index, cfg.n_train, f"probe {index + 1} δ={delta:.4g} train")
+    verify = ctx.sample(delta, PURPOSE_PROBE_BASE + 2 * index + 1, cfg.n_verify, f"probe {index + 1} δ={delta:.4g} verify")
+    u_train = train.unsafe(ctx.g_clean, cfg.alpha)
+    u_verify = verify.unsafe(ctx.g_clean, cfg.alpha)
+    n_all = train.n + verify.n
+    any_unsafe = bool(u_train.any() or u_verify.any())
+    eps_direct = pac.epsilon(n_all, 1, beta_probe)
+    record: Dict[str, Any] = {
+        "index": index, "delta": float(delta), "beta": beta_probe, "n_train": train.n, "n_verify": verify.n,
+        "n_unsafe_train": int(u_train.sum()), "n_unsafe_verify": int(u_verify.sum()),
+        "verify_accuracy_drop": _summary(verify.accuracy_drop(ctx.g_clean)),
+        "poison_fraction_mean": float(verify.poison_fraction.mean()),
+        "direct": {"n": n_all, "d": 1, "epsilon": eps_direct, "passed": (not any_unsafe) and eps_direct <= cfg.epsilon},
+        "witness": None, "verdict": None, "barrier": None,
+    }
+    if u_verify.any():
+        record["witness"] = witness(verify, int(np.flatnonzero(u_verify)[0]), ctx.g_clean, delta)
+    elif u_train.any():
+        record["witness"] = witness(train, int(np.flatnonzero(u_train)[0]), ctx.g_clean, delta)
+    # the training split's unsafe terminal states join the pool for later probes at smaller budgets;
+    # training splits are independent of every verification split
+    if u_train.any():
+        ctx.pool.append((float(delta), train.features[u_train, -1]))
+    if u_verify.any():
+        # no barrier can certify a verification split with an unsafe run (METHOD section 6): the
+        # scenario program would return eta* >= kappa/(K+2) > 0, so it is not solved
+        record.update(status="REFUTED", epsilon=None, d=cfg.decision_variables,
+                      reason=f"{int(u_verify.sum())} of {verify.n} verification runs ended unsafe (G > {cfg.alpha:g}); witness recorded")
+        return record
+    pool = ctx.pool_above(delta)
+    if len(pool) == 0:
+        record.update(status="INCONCLUSIVE", reason="no unsafe state from a larger budget to separate from (empty pool)",
+                      epsilon=None, d=cfg.decision_variables)
+        return record
+
+    tic = time.perf_counter()
+    barrier = fit_barrier(train.features, u_train, pool, cfg.barrier)
+    ctx.timings["barrier_s"] += time.perf_counter() - tic
+    psi = barrier.psi(verify.features)
+    problem = ScenarioProblem(
+        initial=psi[:, 0], increments=np.diff(psi, axis=1), terminal=psi[:, -1], unsafe=u_verify,
+        pool=barrier.psi(pool), w0=barrier.w0, kappa=cfg.kappa, w_bound=cfg.w_bound, mu=cfg.mu,
+    )
+    tic = time.perf_counter()
+    verdict = solve(problem, solver=cfg.solver, tau=cfg.tau, count_support=True)
+    ctx.timings["scp_s"] += time.perf_counter() - tic
+    eps = pac.epsilon(verify.n, verdict.d, beta_probe)
+    eps_post = None
+    if verdict.n_support is not None and verdict.n_support <= verdict.d:
+        eps_post = pac.epsilon_a_posteriori(verify.n, verdict.n_support, beta_probe, verdict.d)
+    status, reason = verdict.status, verdict.reason
+    if status == "CERTIFIED" and eps > cfg.epsilon:
+        status, reason = "INCONCLUSIVE", f"epsilon {eps:.4g} exceeds the requested {cfg.epsilon:g}"
+    vd = verdict.to_dict()
+    record.update(
+        status=status, reason=reason, epsilon=eps, epsilon_a_posteriori=eps_post, d=verdict.d,
+        n_support=verdict.n_support, eta_star=verdict.eta_star, eta_check=verdict.eta_check, tau=cfg.tau,
+        pool_size=int(len(pool)),
+        verdict={k: vd[k] for k in ("solver", "solver_status", "fell_back", "w", "gamma", "c", "c_clamped",
+                                     "n_rows_total", "n_rows_used", "cg_rounds", "solve_seconds", "rounding_bound",
+                                     "objective", "pool_margin", "trajectory_margins", "support_indices")},
+        barrier={"train_loss": barrier.train_loss, "train_violations": barrier.train_violations,
+                 "out_dim": barrier.out_dim, "trunk": barrier.to_dict()},
+    )
+    return record
+
+
+def _summary(x: np.ndarray) -> Dict[str, float]:
+    q = np.quantile(x, [0.0, 0.5, 0.95, 1.0])
+    return {"min": float(q[0]), "median": float(q[1]), "q95": float(q[2]), "max": float(q[3]), "mean": float(np.mean(x))}
