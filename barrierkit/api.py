@@ -9,6 +9,7 @@ import numpy as np
 
 from . import pac
 from .certificate import FORMAT, Certificate
+from .backends import resolve
 from .config import CertifyConfig, SampleConfig
 from .context import radius_context
 from .data import Dataset, get_dataset
@@ -19,12 +20,17 @@ from .radius import max_budget, search
 from .trajectories import Trajectories
 
 
-def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: str = "torch", device: str = "cpu",
+def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: str = "auto", device: str = "cpu",
             progress: Optional[bool] = None) -> Certificate:
-    """Search the largest certified poisoning budget and return the Certificate."""
+    """Search the largest certified poisoning budget and return the Certificate.
+
+    The backend (``auto`` is resolved once, here) is part of the simulated dynamics: it is
+    recorded in the certificate and witnesses must be replayed with it.
+    """
     start = time.perf_counter()
     data = data if data is not None else get_dataset(config.sample.dataset)
     scfg = config.sample
+    backend = resolve(backend, device, data.input_dim, scfg.model.hidden, scfg.recipe.batch)
     tic = time.perf_counter()
     g_clean, clean = clean_accuracy(scfg, config.n_clean, config.seed, data=data, backend=backend, device=device, progress=progress)
     clean_s = time.perf_counter() - tic

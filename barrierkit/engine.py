@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from .attacks import gradient_directions
-from .backends import StepProblem, TrainState, get_backend
+from .backends import StepProblem, TrainState, get_backend, resolve
 from .config import ConfigError, SampleConfig, check_count, check_delta
 from .data import Dataset, get_dataset
 from .features import FeatureMap, feature_names
@@ -89,8 +89,9 @@ def sample(
     data = data if data is not None else get_dataset(config.dataset)
     if config.recipe.batch > data.x_train.shape[0]:
         raise ConfigError("batch", f"must be <= the number of training points ({data.x_train.shape[0]})")
-    step_fn = get_backend(backend)
     device = torch.device(device)
+    backend = resolve(backend, device, data.input_dim, config.model.hidden, config.recipe.batch)
+    step_fn = get_backend(backend)
     n = seeds.shape[0]
     recipe = config.recipe
     dtype = _torch_dtype(recipe.dtype)
@@ -158,7 +159,8 @@ def sample(
         bad = int(np.argwhere(~np.isfinite(features).all(axis=(1, 2)))[0, 0])
         raise FloatingPointError(f"trajectory {bad} diverged (non-finite features); lower the learning rate")
     meta = {
-        "config": config.to_dict(), "delta": delta, "backend": backend, "device": str(device),
+        "config": config.to_dict(), "delta": delta, "backend": backend, "backend_meta": getattr(step_fn, "meta", None),
+        "device": str(device),
         "dtype": recipe.dtype, "dataset": data.name, "data_hash": data.content_hash, "model_hash": shape.spec_hash,
         "param_count": shape.param_count, "feature_names": feature_names(config.features), "seed_columns": list(SEED_COLUMNS),
         "chunk": size, "timings": timings, "versions": versions(),

@@ -40,6 +40,9 @@ def probe_indices(spec: FeatureSpec, n_train: int) -> np.ndarray:
     return np.sort(np.argsort(keys, kind="stable")[: min(spec.probe_size, n_train)])
 
 
+PROJECT_ROWS = 64
+
+
 class FeatureMap:
     """Evaluates phi for a stack of models, on the compute device, in float64."""
 
@@ -54,14 +57,26 @@ class FeatureMap:
     def dim(self) -> int:
         return self.spec.dim
 
+    def project(self, theta: torch.Tensor) -> torch.Tensor:
+        """P theta for [N, d] theta, in fixed blocks of PROJECT_ROWS rows (the last zero-padded).
+
+        Every block is the same [PROJECT_ROWS, d] x [d, k] product, so a trajectory's projection
+        does not depend on N or on its position: chunking never changes a feature. (A plain
+        matmul switches kernels with N, e.g. gemv at N = 1, and changes the last bits.)
+        """
+        n = theta.shape[0]
+        pad = (-n) % PROJECT_ROWS
+        if pad:
+            theta = torch.cat([theta, theta.new_zeros(pad, theta.shape[1])])
+        pt = self.projection.T.contiguous()
+        out = [theta[i:i + PROJECT_ROWS] @ pt for i in range(0, theta.shape[0], PROJECT_ROWS)]
+        return torch.cat(out)[:n]
+
     def __call__(self, params: Params, theta0: torch.Tensor) -> torch.Tensor:
         """[N, k] float64 features of the models ``params``; theta0 is [N, d] float64."""
         p64 = [p.to(torch.float64) for p in params]
         theta = flatten(p64)
-        # bmm with one row per trajectory: each trajectory's projection is computed by the same
-        # kernel whatever N is, so chunking never changes a feature (a plain matmul switches
-        # between gemv and gemm with N and changes the last bits).
-        proj = torch.bmm(theta.unsqueeze(1), self.projection.T.unsqueeze(0).expand(theta.shape[0], -1, -1)).squeeze(1)
+        proj = self.project(theta)
         loss, acc = loss_and_accuracy(p64, self.probe_x, self.probe_y)
         drift = torch.linalg.vector_norm(theta - theta0, dim=1)
         return torch.cat([proj, loss[:, None], acc[:, None], drift[:, None]], dim=1)

@@ -63,9 +63,9 @@ class CertifyContext:
 
 
 def witness(runs: Trajectories, index: int, g_clean: float, delta: float) -> Dict[str, Any]:
-    """A replayable unsafe run: its seeds and what it ended with."""
+    """A replayable unsafe run: its seeds, the backend that ran it, and what it ended with."""
     return {
-        "delta": delta, "seeds": {"init": int(runs.seeds[index, 0]), "poison": int(runs.seeds[index, 1]),
+        "delta": delta, "backend": runs.meta["backend"], "seeds": {"init": int(runs.seeds[index, 0]), "poison": int(runs.seeds[index, 1]),
                                   "schedule": int(runs.seeds[index, 2])},
         "test_accuracy": float(runs.test_accuracy[index]), "accuracy_drop": float(g_clean - runs.test_accuracy[index]),
     }

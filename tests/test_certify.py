@@ -56,7 +56,7 @@ def test_destructive_budget_is_refuted_with_a_replayable_witness(digits):
     assert record["status"] == "REFUTED" and record["n_unsafe_verify"] > 0
     w = record["witness"]
     assert w["accuracy_drop"] > config.alpha
-    again = barrierkit.replay(config.sample, w["delta"], w["seeds"], data=digits)
+    again = barrierkit.replay(config.sample, w["delta"], w["seeds"], data=digits, backend=w["backend"])
     assert again.test_accuracy[0] == w["test_accuracy"], "a witness must replay exactly"
 
 

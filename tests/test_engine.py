@@ -58,29 +58,35 @@ def reference_run(config, data, seeds_row, delta):
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
 
 
+BACKENDS_F64 = ["torch", "numba"]  # triton trains in float32 only
+BACKENDS_ALL = ["torch", "numba", "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS_F64)
 @pytest.mark.parametrize("attack,norm", [("gradient", "inf"), ("sign", "2"), ("uniform", "inf")])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_equivalence_float64_against_nn_module(small_data, attack, norm, momentum):
+def test_equivalence_float64_against_nn_module(small_data, attack, norm, momentum, backend):
     config = make_config(attack, norm, momentum=momentum, hidden=(7, 5))
     seeds = trajectory_seeds(11, PURPOSE_SAMPLE, 3)
     delta = 0.15
-    engine_params = _final_params(config, small_data, seeds, delta)
+    engine_params = _final_params(config, small_data, seeds, delta, backend)
     for i in range(3):
         ref = reference_run(config, small_data, seeds[i], delta)
         np.testing.assert_allclose(engine_params[i].numpy(), ref.numpy(), rtol=0, atol=1e-10)
 
 
-def test_equivalence_float32_against_nn_module(small_data):
+@pytest.mark.parametrize("backend", BACKENDS_ALL)
+def test_equivalence_float32_against_nn_module(small_data, backend):
     config = make_config("gradient", "inf", dtype="float32", hidden=(7,))
     seeds = trajectory_seeds(12, PURPOSE_SAMPLE, 3)
-    engine_params = _final_params(config, small_data, seeds, 0.1)
+    engine_params = _final_params(config, small_data, seeds, 0.1, backend)
     for i in range(3):
         ref = reference_run(config, small_data, seeds[i], 0.1)
         # float32: different summation orders in bmm vs nn.Linear; 24 steps stay within 1e-5
         np.testing.assert_allclose(engine_params[i].numpy(), ref.numpy(), rtol=0, atol=1e-5)
 
 
-def _final_params(config, data, seeds, delta):
+def _final_params(config, data, seeds, delta, backend="torch"):
     """The engine's final parameters (via the backend contract the engine itself uses)."""
     from barrierkit.backends import StepProblem, TrainState, get_backend
 
@@ -94,7 +100,7 @@ def _final_params(config, data, seeds, delta):
                           Schedule(s[:, 2], data.x_train.shape[0], config.recipe.batch), spec, config.recipe.lr,
                           config.recipe.momentum, config.recipe.weight_decay, dtype)
     state = TrainState(init_params(shape, seeds[:, 0], dtype=dtype))
-    get_backend("torch")(state, problem, 0, config.recipe.steps)
+    get_backend(backend)(state, problem, 0, config.recipe.steps)
     return flatten(state.params)
 
 
@@ -142,26 +148,29 @@ def test_on_the_fly_poison_equals_materialised(small_data):
     assert torch.equal(poison_batch(spec, x[idx], idx, torch.float64)[0], xp[idx[0]])
 
 
-def test_replay_from_seeds_is_bit_exact_and_chunking_is_invisible(small_data):
+@pytest.mark.parametrize("backend", BACKENDS_ALL)
+def test_replay_from_seeds_is_bit_exact_and_chunking_is_invisible(small_data, backend):
     config = make_config("gradient", "inf", dtype="float32")
     seeds = trajectory_seeds(3, PURPOSE_SAMPLE, 7)
-    full = sample(config, 0.2, seeds, data=small_data, progress=False)
-    chunked = sample(config, 0.2, seeds, data=small_data, chunk=3, progress=False)
+    full = sample(config, 0.2, seeds, data=small_data, progress=False, backend=backend)
+    chunked = sample(config, 0.2, seeds, data=small_data, chunk=3, progress=False, backend=backend)
     assert np.array_equal(full.features, chunked.features)
     assert np.array_equal(full.test_accuracy, chunked.test_accuracy)
-    one = sample(config, 0.2, seeds[4:5], data=small_data, progress=False)
+    one = sample(config, 0.2, seeds[4:5], data=small_data, progress=False, backend=backend)
     assert np.array_equal(one.features[0], full.features[4])
     assert one.test_accuracy[0] == full.test_accuracy[4]
 
 
-def test_delta_zero_reproduces_clean_runs(small_data):
+@pytest.mark.parametrize("backend", BACKENDS_ALL)
+def test_delta_zero_reproduces_clean_runs(small_data, backend):
     seeds = trajectory_seeds(4, PURPOSE_SAMPLE, 4)
-    poisoned_cfg = make_config("sign", "inf", rho=0.5)
-    clean_cfg = make_config("sign", "inf", rho=0.0)
-    a = sample(poisoned_cfg, 0.0, seeds, data=small_data, progress=False)
-    b = sample(clean_cfg, 0.7, seeds, data=small_data, progress=False)
+    dtype = "float32" if backend == "triton" else "float64"
+    poisoned_cfg = make_config("sign", "inf", rho=0.5, dtype=dtype)
+    clean_cfg = make_config("sign", "inf", rho=0.0, dtype=dtype)
+    a = sample(poisoned_cfg, 0.0, seeds, data=small_data, progress=False, backend=backend)
+    b = sample(clean_cfg, 0.7, seeds, data=small_data, progress=False, backend=backend)
     assert np.array_equal(a.features, b.features) and np.array_equal(a.test_accuracy, b.test_accuracy)
-    c = sample(poisoned_cfg, 0.3, seeds, data=small_data, progress=False)
+    c = sample(poisoned_cfg, 0.3, seeds, data=small_data, progress=False, backend=backend)
     assert not np.array_equal(a.features, c.features), "poison must change the trajectories"
 
 

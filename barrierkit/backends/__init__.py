@@ -2,24 +2,81 @@
 
 ``train_segment(state, problem, t0, t1)`` advances every trajectory in ``state`` from step t0
 to t1 in place, reading the clean data, batch order and poison from ``problem``.
+
+- ``torch``: the readable reference (CPU and GPU).
+- ``numba``: CPU fast path, parallel over trajectories.
+- ``triton``: the fused GPU kernel (IEEE fp32 dots); ``triton_tf32`` uses TF32 dots. On CPU it
+  runs only under ``TRITON_INTERPRET=1`` (tests).
+- ``auto``: triton on a CUDA device; on CPU the faster of numba and torch for the shape, by the
+  rule in :func:`choose_cpu_backend`.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
+
+import torch
 
 from ..config import ConfigError
 from . import torch_ref
 from .torch_ref import StepProblem, TrainState
 
 SegmentFn = Callable[[TrainState, StepProblem, int, int], None]
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "numba", "triton", "triton_tf32")
+
+# Measured on the 2-core CI machine (bench/numba_vs_torch.py, train_segment alone): numba wins
+# on small layers, torch's batched GEMMs win once a layer's weight matrix is large.
+NUMBA_MAX_FIRST_LAYER = 64 * 64
 
 
-def get_backend(name: str) -> SegmentFn:
-    """The ``train_segment`` function of a backend by name."""
-    if name in ("torch", "torch_ref", "auto"):
-        return torch_ref.train_segment
+def choose_cpu_backend(input_dim: int, hidden: tuple, batch: int) -> str:
+    """The faster CPU backend for an MLP shape: numba for small first layers, else torch."""
+    if input_dim * hidden[0] <= NUMBA_MAX_FIRST_LAYER and _numba_available():
+        return "numba"
+    return "torch"
+
+
+def _numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve(name: str, device: torch.device | str = "cpu", input_dim: Optional[int] = None,
+            hidden: tuple = (32,), batch: int = 32) -> str:
+    """The concrete backend ``name`` stands for on ``device`` (``auto`` decides here)."""
+    device = torch.device(device)
+    if name == "auto":
+        if device.type == "cuda":
+            return "triton"
+        return choose_cpu_backend(input_dim or 0, hidden, batch)
+    if name in ("torch", "torch_ref"):
+        return "torch"
+    if name in BACKENDS:
+        if name in ("numba",) and device.type != "cpu":
+            raise ConfigError("backend", f"numba runs on the CPU; device is {device}")
+        return name
     raise ConfigError("backend", f"unknown backend {name!r}; known: {', '.join(BACKENDS)}, auto")
 
 
-__all__ = ["get_backend", "StepProblem", "TrainState", "BACKENDS"]
+def get_backend(name: str) -> SegmentFn:
+    """The ``train_segment`` function of a concrete backend (see :func:`resolve` for ``auto``)."""
+    if name in ("torch", "torch_ref"):
+        return torch_ref.train_segment
+    if name == "numba":
+        from . import numba_cpu
+
+        return numba_cpu.train_segment
+    if name == "triton":
+        from . import triton_gpu
+
+        return triton_gpu.train_segment
+    if name == "triton_tf32":
+        from . import triton_gpu
+
+        return triton_gpu.make_train_segment("tf32")
+    raise ConfigError("backend", f"unknown backend {name!r}; known: {', '.join(BACKENDS)}, auto")
+
+
+__all__ = ["get_backend", "resolve", "choose_cpu_backend", "StepProblem", "TrainState", "BACKENDS"]
