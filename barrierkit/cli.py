@@ -36,7 +36,7 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1)")
     g.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default: 0)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default: 0)")
-    g.add_argument("--record-every", type=int, default=8, help="record features every r steps; K = T/r (default: 8)")
+    g.add_argument("--record-every", type=int, default=40, help="record features every r steps; K = T/r (default: 40)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision (default: float32)")
     g = p.add_argument_group("threat model")
     g.add_argument("--rho", type=float, default=0.5, help="probability that a training point is poisoned (default: 0.5)")
@@ -130,9 +130,38 @@ def cmd_certify(args: argparse.Namespace) -> int:
     if args.out:
         cert.save(args.out)
     print(cert.summary())
+    if args.profile:
+        print("\n" + profile_table(cert.doc))
     if args.out:
         print(f"\ncertificate written to {args.out} (owner-only); check it with: barrierkit verify {args.out}")
     return 0
+
+
+PROFILE_STAGES = (("clean runs (g_c)", "clean_s"), ("sampling (pool, probe splits)", "sampling_s"),
+                  ("barrier fit", "barrier_s"), ("scenario program", "scp_s"))
+
+
+def profile_stages(doc: dict) -> list:
+    """[(stage, seconds, share of total)] from a certificate's timings; "other" is the rest."""
+    t = doc["timings"]
+    total = float(t["total_s"])
+    rows = [(name, float(t.get(key, 0.0))) for name, key in PROFILE_STAGES]
+    rows.append(("other (reference, bookkeeping)", max(0.0, total - sum(s for _, s in rows))))
+    return [(name, s, s / total if total > 0 else 0.0) for name, s in rows] + [("total", total, 1.0 if total > 0 else 0.0)]
+
+
+def profile_table(doc: dict) -> str:
+    """Where the time of a certification went, stage by stage (``certify --profile``)."""
+    lines = ["profile: where the time went", f"  {'stage':32s} {'seconds':>10s} {'share':>7s}"]
+    for name, seconds, share in profile_stages(doc):
+        lines.append(f"  {name:32s} {seconds:10.2f} {share:7.1%}")
+    tp = doc.get("throughput", {})
+    runs, steps = tp.get("trajectories", 0), doc["config"]["sample"]["recipe"]["steps"]
+    t = doc["timings"]
+    sampling = float(t.get("clean_s", 0.0)) + float(t.get("sampling_s", 0.0))
+    lines.append(f"  trajectory-steps/s: {tp.get('trajectory_steps_per_s', 0.0):,.0f} over the whole certification "
+                 f"({runs} runs x {steps} steps); {runs * steps / sampling if sampling > 0 else 0.0:,.0f} while sampling")
+    return "\n".join(lines)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -205,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rel-tol", type=float, default=0.05, help="stop bisecting at this relative bracket width (default: 0.05)")
     g.add_argument("--solver", default="CLARABEL", help="CLARABEL (default), OSQP (re-checked, falls back) or HIGHS (LP)")
     g.add_argument("--out", default=None, help="write the JSON certificate here (owner-only permissions)")
+    g.add_argument("--profile", action="store_true",
+                   help="after the report, print where the time went, stage by stage (seconds, share, trajectory-steps/s)")
     add_sample_options(p)
     p.set_defaults(func=cmd_certify)
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 
 from . import pac
-from .barrier import fit_barrier
+from .barrier import Barrier, fit_barrier
 from .config import CertifyConfig, SampleConfig
 from .data import Dataset
 from .engine import sample, trajectory_seeds
@@ -71,6 +72,22 @@ def witness(runs: Trajectories, index: int, g_clean: float, delta: float) -> Dic
     }
 
 
+def scenario_rows(barrier: Barrier, features: np.ndarray, pool: np.ndarray, device: str) -> Tuple[Dict[str, np.ndarray], str]:
+    """psi_i(0), the increments, psi_i(K) and psi(pool) in float64: by the fused Triton kernel on
+    CUDA (kernels/barrier_eval.py, ~1e-15 relative to numpy), else by ``Barrier.psi``."""
+    if torch.device(device).type == "cuda":
+        from .kernels.barrier_eval import barrier_eval
+
+        args = (barrier.mean, barrier.scale, barrier.layers)
+        out = barrier_eval(torch.as_tensor(features, dtype=torch.float64, device=device), *args)
+        pool_out = barrier_eval(torch.as_tensor(pool[:, None, :], dtype=torch.float64, device=device), *args)
+        rows = {k: out[k].cpu().numpy() for k in ("initial", "increments", "terminal")}
+        return {**rows, "pool": pool_out["initial"].cpu().numpy()}, "triton"
+    psi = barrier.psi(features)
+    return {"initial": psi[:, 0], "increments": np.diff(psi, axis=1), "terminal": psi[:, -1],
+            "pool": barrier.psi(pool)}, "numpy"
+
+
 def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
     """Certify, refute or give up on budget ``delta``; the probe's full record (JSON-safe)."""
     cfg = ctx.config
@@ -113,11 +130,8 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
     tic = time.perf_counter()
     barrier = fit_barrier(train.features, u_train, pool, cfg.barrier)
     ctx.timings["barrier_s"] += time.perf_counter() - tic
-    psi = barrier.psi(verify.features)
-    problem = ScenarioProblem(
-        initial=psi[:, 0], increments=np.diff(psi, axis=1), terminal=psi[:, -1], unsafe=u_verify,
-        pool=barrier.psi(pool), w0=barrier.w0, kappa=cfg.kappa, w_bound=cfg.w_bound, mu=cfg.mu,
-    )
+    rows, psi_backend = scenario_rows(barrier, verify.features, pool, ctx.device)
+    problem = ScenarioProblem(**rows, unsafe=u_verify, w0=barrier.w0, kappa=cfg.kappa, w_bound=cfg.w_bound, mu=cfg.mu)
     tic = time.perf_counter()
     verdict = solve(problem, solver=cfg.solver, tau=cfg.tau, count_support=True)
     ctx.timings["scp_s"] += time.perf_counter() - tic
@@ -132,7 +146,7 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
     record.update(
         status=status, reason=reason, epsilon=eps, epsilon_a_posteriori=eps_post, d=verdict.d,
         n_support=verdict.n_support, eta_star=verdict.eta_star, eta_check=verdict.eta_check, tau=cfg.tau,
-        pool_size=int(len(pool)),
+        pool_size=int(len(pool)), psi_backend=psi_backend,
         verdict={k: vd[k] for k in ("solver", "solver_status", "fell_back", "w", "gamma", "c", "c_clamped",
                                      "n_rows_total", "n_rows_used", "cg_rounds", "solve_seconds", "rounding_bound",
                                      "objective", "pool_margin", "trajectory_margins", "support_indices")},
