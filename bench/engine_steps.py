@@ -1,5 +1,8 @@
 """Trajectory-steps per second: a per-trajectory nn.Module + SGD loop against the batched engine.
 
+(The fuller comparison, every method on three workloads, is ``python -m bench throughput``; the
+loop baseline lives in bench/baselines.py and is shared with it.)
+
 The loop is how a paper-style implementation trains its runs: one model at a time, its poisoned
 dataset materialised once per run, torch.optim.SGD with autograd. Its throughput does not
 depend on N, so it is measured on ``--loop-runs`` runs. The engine runs N trajectories at once
@@ -15,42 +18,27 @@ import os
 import time
 
 import numpy as np
-import torch
 
+from barrierkit.attacks import gradient_directions
 from barrierkit.config import SampleConfig
 from barrierkit.data import load_digits
 from barrierkit.engine import PURPOSE_SAMPLE, sample, trajectory_seeds
-from barrierkit.models import MLPShape, init_params, to_module
-from barrierkit.poison import PoisonSpec, poison_batch
-from barrierkit.attacks import gradient_directions
-from barrierkit.schedule import Schedule
 
 from .machine import describe
+from .workloads import WORKLOADS, setup
 
 
 def loop_throughput(config: SampleConfig, data, delta: float, runs: int) -> float:
-    """Trajectory-steps per second of the one-model-at-a-time loop."""
-    seeds = trajectory_seeds(99, PURPOSE_SAMPLE, runs)
-    shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
-    directions = torch.as_tensor(gradient_directions(config, data))
-    x = torch.as_tensor(data.x_train, dtype=torch.float64)
-    y = torch.as_tensor(data.y_train)
-    idx_all = torch.arange(x.shape[0]).view(1, -1)
-    r = config.recipe
+    """Trajectory-steps per second of the one-model-at-a-time loop (bench.baselines.LoopStepper).
+
+    Timed from the start: building each run's model, poisoned dataset and optimizer, then
+    ``config.recipe.steps`` steps per run (digits, the default recipe).
+    """
+    WORKLOADS["digits"].data()  # loaded (and cached) outside the timing, like the engine's data
     start = time.perf_counter()
-    for s in seeds:
-        model = to_module(init_params(shape, [s[0]]), 0)
-        spec = PoisonSpec(torch.tensor([s[1]]), config.threat.rho, delta, config.threat.norm, config.attack.kind, directions=directions)
-        xp = poison_batch(spec, x[idx_all], idx_all, torch.float32)[0]
-        opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum)
-        sched = Schedule(torch.tensor([s[2]]), x.shape[0], r.batch)
-        loss_fn = torch.nn.CrossEntropyLoss()
-        for t in range(r.steps):
-            idx = sched.indices(t)[0]
-            opt.zero_grad()
-            loss_fn(model(xp[idx]), y[idx]).backward()
-            opt.step()
-    return runs * r.steps / (time.perf_counter() - start)
+    case = setup("digits", "loop", runs, steps=config.recipe.steps, delta=delta, seed=99)
+    case.call()
+    return runs * config.recipe.steps / (time.perf_counter() - start)
 
 
 def engine_throughput(config: SampleConfig, data, delta: float, n: int, repeats: int) -> list:

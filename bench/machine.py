@@ -35,7 +35,19 @@ def describe() -> dict:
         "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
         "platform": platform.platform(), "commit": git_commit(), "gpu": None,
     }
+    for pkg in ("numba", "triton", "scipy", "cvxpy", "clarabel", "osqp"):
+        info[pkg] = package_version(pkg)
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def package_version(name: str):
+    """An installed package's version (None when it is not installed); nothing is imported."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None

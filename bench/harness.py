@@ -1,0 +1,371 @@
+"""The benchmark harness: ``python -m bench throughput | scaling | scp | roofline | all | plot | readme``.
+
+    python -m bench all [--out DIR] [--quick]      # everything; one results file per part + one for all
+    python -m bench throughput [--n 1000] [--certify auto|default|reduced|none]
+    python -m bench scaling [--ns 250 500 ...]     # time per step against N, fitted exponent
+    python -m bench scp [--scp-ns 1000 2000 ...]   # SCP seconds against N_v (bench/scp.py)
+    python -m bench roofline [--n 4000]            # measured times beside the step_cost model
+    python -m bench plot FILE [--out DIR]          # PNGs from a results file (needs matplotlib)
+    python -m bench readme [FILE]                  # README's results block from the latest results
+
+Every case is set up by ``bench.workloads.setup`` (shared with the pytest-benchmark suite in
+bench/test_throughput.py). CPU: ``--warmup`` untimed calls then ``--repeats`` timed calls, best
+(min) and median reported; GPU: triton.testing.do_bench (median, quantiles). ``--quick``: tiny
+N and few steps, a check that the harness works (seconds), not a measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import traceback
+from typing import Dict, List, Optional
+
+import torch
+
+from barrierkit.backends.triton_gpu import MAX_STEPS_PER_LAUNCH
+
+from . import report, roofline
+from .machine import describe
+from .timing import PeakMemory, pin_threads, restore_threads, time_call
+from .workloads import METHODS, WORKLOADS, Unavailable, setup, warm
+
+SCALING_NS = [250, 500, 1000, 2000, 4000, 8000]
+SCALING_NS_GPU = SCALING_NS + [16000]
+QUICK = {"n": 4, "roofline_n": 4, "ns": [4, 8, 16], "scp_ns": [40, 80], "steps": 2, "repeats": 2, "warmup": 1,
+         "loop_runs": 2, "reference_steps": 16}
+FULL = {"n": 1000, "n_gpu": 4000, "roofline_n": 4000, "scp_ns": [1000, 2000, 4000, 8000], "steps": 8, "warmup": 1,
+        "loop_runs": 16, "reference_steps": 400, "repeats": {"throughput": 5, "scaling": 3, "roofline": 3, "scp": 2}}
+
+
+def reduced_certify_config():
+    """A tiny certification (seconds): the --quick stand-in for the default CertifyConfig."""
+    from barrierkit.barrier import BarrierConfig
+    from barrierkit.config import CertifyConfig, FeatureSpec, SampleConfig, TrainRecipe
+
+    sample = SampleConfig(recipe=TrainRecipe(steps=80, record_every=20), features=FeatureSpec(projection_dim=4, probe_size=64))
+    return CertifyConfig(sample=sample, alpha=0.1, n_verify=40, n_train=20, n_clean=10, n_pool=10, max_probes=2,
+                         epsilon=0.6, beta=0.1, delta_start=0.01, barrier=BarrierConfig(epochs=50))
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+class Settings:
+    """The arguments resolved against the --quick / full defaults and the device."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.quick = args.quick
+        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.cuda = self.device.type == "cuda"
+        d = QUICK if self.quick else FULL
+        self.steps = args.steps or d["steps"]
+        self.warmup = args.warmup if args.warmup is not None else d["warmup"]
+        self.loop_runs = args.loop_runs or d["loop_runs"]
+        self.reference_steps = d["reference_steps"]
+        self.n = args.n or (d["n"] if self.quick else (d["n_gpu"] if self.cuda else d["n"]))
+        self.roofline_n = args.n or d["roofline_n"]
+        self.ns = args.ns or (QUICK["ns"] if self.quick else (SCALING_NS_GPU if self.cuda else SCALING_NS))
+        self.scp_ns = args.scp_ns or d["scp_ns"]
+        self.workloads = args.workloads or list(WORKLOADS)
+        self._roofs: Optional[Dict] = None
+
+    def repeats(self, part: str) -> int:
+        if self.args.repeats:
+            return self.args.repeats
+        return QUICK["repeats"] if self.quick else FULL["repeats"][part]
+
+    def methods(self, part: str) -> List[str]:
+        if self.args.methods:
+            return self.args.methods
+        return list(METHODS) if part == "throughput" else [m for m in METHODS if m != "loop"]
+
+    def roofs(self) -> Dict:
+        if self._roofs is None:
+            self._roofs = roofline.peaks(self.device, self.args.peak_gflops, self.args.peak_gbps)
+        return self._roofs
+
+    def config(self, part: str) -> Dict:
+        a = self.args
+        return {"part": part, "quick": self.quick, "device": str(self.device), "steps_per_call": self.steps,
+                "repeats": self.repeats(part) if part != "all" else None, "warmup": self.warmup, "delta": a.delta,
+                "memory_mb": a.memory_mb, "threads": torch.get_num_threads(), "workloads": self.workloads,
+                "reference_steps": self.reference_steps, "gpu_warmup_ms": a.gpu_warmup_ms, "gpu_rep_ms": a.gpu_rep_ms,
+                "argv": getattr(a, "argv", None)}
+
+
+# ----------------------------------------------------------------------------- one timed case
+
+
+def run_case(s: Settings, part: str, workload: str, method: str, n: int) -> Dict:
+    """Set up, time and measure one workload x method x N; the row (never raises)."""
+    row: Dict = {"benchmark": part, "workload": workload, "method": method, "n": n, "device": str(s.device),
+                 "steps_per_call": s.steps, "repeats": s.repeats(part), "warmup": s.warmup}
+    case = None
+    try:
+        warm(workload, s.reference_steps)
+        with PeakMemory(s.device) as mem:
+            case = setup(workload, method, n, steps=s.steps, device=s.device, delta=s.args.delta,
+                         memory_mb=s.args.memory_mb, reference_steps=s.reference_steps)
+            timing = time_call(case.call, s.device, s.repeats(part), s.warmup, s.args.gpu_warmup_ms, s.args.gpu_rep_ms)
+        row.update(case.config())
+        headline = timing["median_s"] if s.cuda else timing["min_s"]
+        row.update({f"time_{k}": v for k, v in timing.items()})
+        row.update(status="ok", reason=None, headline="median" if s.cuda else "min",
+                   time_per_step_s=headline / s.steps, steps_per_s_best=case.steps_per_call / timing["min_s"],
+                   steps_per_s_median=case.steps_per_call / timing["median_s"], **mem.result)
+        inp = case.inputs
+        r = inp.config.recipe
+        cost = roofline.step_cost(inp.shape.input_dim, inp.shape.hidden, inp.shape.n_classes, r.batch, n,
+                                  attack=inp.config.attack.kind if inp.delta > 0 else "none", momentum=bool(r.momentum),
+                                  weight_decay=bool(r.weight_decay), steps_per_launch=min(s.steps, MAX_STEPS_PER_LAUNCH))
+        roofs = s.roofs() if (s.cuda or s.args.peak_gflops or s.args.peak_gbps) else {}
+        row.update(roofline.fractions(cost, headline / s.steps, roofs, tf32=method == "triton-tf32"))
+        row.update(peak_flops=roofs.get("flops_tf32" if method == "triton-tf32" else "flops"),
+                   peak_bytes_per_s=roofs.get("bytes_per_s"))
+        beside = roofline.describe_fraction(row) if (s.cuda or part == "roofline" or s.args.peak_gflops) else ""
+        mem_txt = f"peak RSS {row['peak_rss_mb']:.0f} MB (+{row['peak_rss_delta_mb']:.0f})" + (f", device {row['peak_device_mb']:.0f} MB" if "peak_device_mb" in row else "")
+        print(f"  {workload:7s} {method:19s} N={n:<6d} {row['steps_per_s_median']:>12,.0f} steps/s median "
+              f"(best {row['steps_per_s_best']:,.0f}); {row['time_per_step_s'] * 1e3:.3g} ms/step; {mem_txt}"
+              + (f"; {beside}" if beside else ""), flush=True)
+    except Unavailable as exc:
+        row.update(status="skipped", reason=str(exc))
+        print(f"  {workload:7s} {method:19s} N={n:<6d} skipped: {exc}", flush=True)
+    except Exception as exc:  # recorded, so one failing method does not lose the others' numbers
+        row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
+        print(f"  {workload:7s} {method:19s} N={n:<6d} ERROR {type(exc).__name__}: {exc}", flush=True)
+        traceback.print_exc()
+    finally:
+        del case
+        if s.cuda:
+            torch.cuda.empty_cache()
+    return row
+
+
+# ----------------------------------------------------------------------------- the parts
+
+
+def run_throughput(s: Settings) -> List[Dict]:
+    rows: List[Dict] = []
+    print(f"throughput: N={s.n} ({s.loop_runs} runs for the loop), {s.steps} steps per call, device {s.device}")
+    for wl in s.workloads:
+        part = []
+        for method in s.methods("throughput"):
+            part.append(run_case(s, "throughput", wl, method, s.loop_runs if method == "loop" else s.n))
+        loop = next((r for r in part if r["method"] == "loop" and r["status"] == "ok"), None)
+        for r in part:
+            if loop and r["status"] == "ok":
+                r["speedup_vs_loop"] = r["steps_per_s_median"] / loop["steps_per_s_median"]
+        rows += part
+    mode = s.args.certify
+    if mode == "auto":
+        mode = "reduced" if s.quick else "default"
+    if mode != "none":
+        rows.append(run_certify(s, mode))
+    return rows
+
+
+def run_certify(s: Settings, mode: str) -> Dict:
+    """A whole certification: certifications and certified probes per hour, stage timings."""
+    from barrierkit.api import certify
+    from barrierkit.cli import profile_stages, profile_table
+    from barrierkit.config import CertifyConfig
+
+    cfg = reduced_certify_config() if mode == "reduced" else CertifyConfig()
+    row: Dict = {"benchmark": "certify", "certify_config": mode, "device": str(s.device), "workload": "digits",
+                 "method": "certify", "n": cfg.n_verify}
+    print(f"certify ({mode} CertifyConfig: N_v={cfg.n_verify}, {cfg.sample.recipe.steps} steps, at most {cfg.max_probes} probes)", flush=True)
+    try:
+        with PeakMemory(s.device) as mem:
+            doc = certify(cfg, backend="auto", device=str(s.device), progress=False).doc
+    except Exception as exc:
+        row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        return row
+    t = doc["timings"]
+    total = float(t["total_s"])
+    probes = doc["probes"]
+    certified = sum(p["status"] == "CERTIFIED" for p in probes)
+    row.update(
+        status=doc["status"], backend=doc["backend"], delta_cert=doc["radii"]["delta_cert"], probes=len(probes),
+        certified_probes=certified, total_s=total, **{k: v for k, v in t.items() if k != "total_s"},
+        certifications_per_hour=3600.0 / total, certified_probes_per_hour=3600.0 * certified / total,
+        probes_per_hour=3600.0 * len(probes) / total, trajectories=doc["throughput"]["trajectories"],
+        trajectory_steps_per_s=doc["throughput"]["trajectory_steps_per_s"],
+        stages={name: {"seconds": sec, "share": share} for name, sec, share in profile_stages(doc)},
+        certify_settings={k: cfg.to_dict()[k] for k in ("n_verify", "n_train", "n_clean", "n_pool", "max_probes", "epsilon", "beta")}
+        | {"steps": cfg.sample.recipe.steps}, **mem.result)
+    print(f"  {doc['status']}: {len(probes)} probes ({certified} certified) in {total:.1f} s: "
+          f"{row['certifications_per_hour']:.3g} certifications/h, {row['certified_probes_per_hour']:.3g} certified probes/h")
+    print("  " + profile_table(doc).replace("\n", "\n  "), flush=True)
+    return row
+
+
+def run_scaling(s: Settings) -> List[Dict]:
+    rows: List[Dict] = []
+    print(f"scaling: N in {s.ns}, {s.steps} steps per call, device {s.device}")
+    for wl in s.workloads:
+        for method in s.methods("scaling"):
+            pts = [run_case(s, "scaling", wl, method, n) for n in s.ns]
+            rows += pts
+            ok = [r for r in pts if r["status"] == "ok"]
+            if len({r["n"] for r in ok}) >= 2:
+                fit = report.fit_exponent([r["n"] for r in ok], [r["time_per_step_s"] for r in ok])
+                rows.append({"benchmark": "scaling_fit", "workload": wl, "method": method, "device": str(s.device),
+                             "status": "ok", "n_min": min(r["n"] for r in ok), "n_max": max(r["n"] for r in ok),
+                             "points": len(ok), "fit_on": "time_per_step_s (" + ok[0]["headline"] + ")", **fit})
+                print(f"  {wl:7s} {method:19s} time/step ~ N^{fit['exponent']:.3f} (r2 {fit['r2']:.3f})", flush=True)
+    return rows
+
+
+def run_scp(s: Settings) -> List[Dict]:
+    from . import scp
+
+    repeats = s.repeats("scp")
+    print(f"scp: N_v in {s.scp_ns}, m={s.args.m}, full program up to N_v={s.args.full_max}, {repeats} repeats")
+    rows = scp.run(s.scp_ns, s.args.m, s.args.full_max, repeats)
+    for r in rows:
+        r.update(benchmark="scp", n=r["n_verify"], status="ok", repeats=repeats, time_per_step_s=r["min_s"])
+    fits = []
+    for key in sorted({(r["solver"], r["mode"]) for r in rows}):
+        pts = [r for r in rows if (r["solver"], r["mode"]) == key]
+        if len({r["n"] for r in pts}) >= 2:
+            fit = report.fit_exponent([r["n"] for r in pts], [r["min_s"] for r in pts])
+            fits.append({"benchmark": "scp_fit", "solver": key[0], "mode": key[1], "status": "ok", "fit_on": "min_s",
+                         "n_min": min(r["n"] for r in pts), "n_max": max(r["n"] for r in pts), "points": len(pts), **fit})
+            print(f"  {key[0]:8s} {key[1]:4s} seconds ~ N_v^{fit['exponent']:.3f} (r2 {fit['r2']:.3f})")
+    return rows + fits
+
+
+def run_roofline(s: Settings) -> List[Dict]:
+    roofs = s.roofs()
+    print(f"roofline: N={s.roofline_n}, {s.steps} steps per call, device {s.device}; roofs: "
+          + (f"{roofs['flops'] / 1e12:.3g} TFLOP/s, {roofs['bytes_per_s'] / 1e9:.4g} GB/s "
+             if roofs.get("flops") and roofs.get("bytes_per_s") else "") + str(roofs["source"]))
+    rows = []
+    for wl in s.workloads:
+        for method in s.methods("roofline"):
+            rows.append(run_case(s, "roofline", wl, method, s.roofline_n))
+    for r in rows:
+        r["roof_source"] = roofs["source"]
+    return rows
+
+
+PARTS = {"throughput": run_throughput, "scaling": run_scaling, "scp": run_scp, "roofline": run_roofline}
+
+
+def run_parts(s: Settings, parts: List[str]) -> List[str]:
+    machine = describe()
+    machine["numba_threads"] = _numba_threads()
+    written, all_rows = [], []
+    for part in parts:
+        rows = PARTS[part](s)
+        doc = report.document(part, rows, machine, s.config(part), s.quick)
+        if part == "roofline":
+            doc["config"]["roofs"] = s.roofs()
+        path, csv_path = report.write_results(doc, s.args.out)
+        print(f"wrote {path} and {csv_path}", flush=True)
+        written.append(path)
+        all_rows += rows
+    if len(parts) > 1:
+        doc = report.document("all", all_rows, machine, s.config("all"), s.quick)
+        path, csv_path = report.write_results(doc, s.args.out)
+        print(f"wrote {path} and {csv_path}")
+        written.append(path)
+    return written
+
+
+def _numba_threads():
+    try:
+        import numba
+    except ImportError:
+        return None
+    return numba.get_num_threads()
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("all parts")
+    g.add_argument("--out", default=report.RESULTS_DIR, help="results folder (default: bench/results)")
+    g.add_argument("--quick", action="store_true", help="tiny N and few steps: checks the harness in seconds (not a measurement)")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    g.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=None, help="default: all")
+    g.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                   help="default: all (scaling and roofline leave out the N-independent loop)")
+    g.add_argument("--steps", type=int, default=None, help="SGD steps per timed call (default 8; quick 2)")
+    g.add_argument("--repeats", type=int, default=None, help="timed calls on the CPU (default: throughput 5, scaling 3, roofline 3, scp 2)")
+    g.add_argument("--warmup", type=int, default=None, help="untimed calls before timing on the CPU (default 1)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch and numba threads, both pinned (default: torch's count at start)")
+    g.add_argument("--memory-mb", type=float, default=None,
+                   help="the engine's chunk budget (default: 2048 on the CPU as in the engine; half the free GPU memory)")
+    g.add_argument("--delta", type=float, default=0.1, help="poisoning budget of the timed runs (default 0.1)")
+    g.add_argument("--gpu-warmup-ms", type=float, default=50.0, help="do_bench warm-up (ms)")
+    g.add_argument("--gpu-rep-ms", type=float, default=300.0, help="do_bench timed span (ms)")
+    g = common.add_argument_group("throughput and roofline")
+    g.add_argument("--n", type=int, default=None, help="trajectories (throughput default 1000 on CPU, 4000 on GPU; roofline 4000; quick 4)")
+    g.add_argument("--loop-runs", type=int, default=None, help="runs of the per-trajectory loop (default 16; quick 2)")
+    g.add_argument("--certify", choices=["auto", "default", "reduced", "none"], default="auto",
+                   help="throughput's certification run: default CertifyConfig, the reduced one, or none "
+                        "(auto: reduced with --quick, else default)")
+    g.add_argument("--peak-gflops", type=float, default=None, help="FLOP roof (GFLOP/s) for roofline fractions on a CPU")
+    g.add_argument("--peak-gbps", type=float, default=None, help="bandwidth roof (GB/s) for roofline fractions on a CPU")
+    g = common.add_argument_group("scaling and scp")
+    g.add_argument("--ns", type=int, nargs="+", default=None, help="scaling N (default 250 ... 8000, 16000 on GPU; quick 4 8 16)")
+    g.add_argument("--scp-ns", type=int, nargs="+", default=None, help="SCP N_v (default 1000 2000 4000 8000; quick 40 80)")
+    g.add_argument("--m", type=int, default=8, help="SCP trunk outputs m (default 8)")
+    g.add_argument("--full-max", type=int, default=4000, help="largest N_v for the full (no constraint generation) SCP")
+
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name, text in (("throughput", "trajectory-steps/s of every method on every workload, and a certification"),
+                       ("scaling", "time per step against N with the fitted exponent"),
+                       ("scp", "SCP seconds against N_v"),
+                       ("roofline", "measured step times beside the FLOP/byte model (fractions of the roofs on GPU)"),
+                       ("all", "throughput, scaling, scp and roofline")):
+        sub.add_parser(name, parents=[common], help=text, description=text)
+    p = sub.add_parser("plot", help="PNG plots from a results file (JSON or CSV)")
+    p.add_argument("file")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: beside FILE)")
+    p = sub.add_parser("readme", help="rewrite README.md's results block from a results file")
+    p.add_argument("file", nargs="?", default=None, help="results JSON (default: the latest with throughput rows in --results)")
+    p.add_argument("--results", default=report.RESULTS_DIR, help="where to look for the latest results (default: bench/results)")
+    p.add_argument("--readme", default=report.README, help="README to rewrite (default: the repository's README.md)")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    if args.command == "plot":
+        try:
+            for path in report.plot(args.file, args.out):
+                print(f"wrote {path}")
+        except report.PlotUnavailable as exc:
+            print(f"python -m bench plot: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "readme":
+        path = args.file or report.latest_results(args.results)
+        if path is None:
+            print(f"python -m bench readme: no results file with throughput rows in {args.results}; "
+                  "run `python -m bench throughput` (or all) first", file=sys.stderr)
+            return 2
+        report.rewrite_readme(report.readme_block(report.load_results(path), path), args.readme)
+        print(f"rewrote the results block of {args.readme} from {path}")
+        return 0
+    previous = pin_threads(args.threads)
+    s = Settings(args)
+    parts = list(PARTS) if args.command == "all" else [args.command]
+    try:
+        run_parts(s, parts)
+    finally:
+        restore_threads(previous)
+        gc.unfreeze()  # PeakMemory froze what was alive before each case; give it back to the collector
+        gc.collect()
+    return 0

@@ -1,0 +1,191 @@
+"""The benchmark harness itself (bench/), at tiny sizes so it cannot rot; and certify --profile."""
+import csv
+import glob
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from bench import report
+from bench.harness import main as bench_main
+from bench.roofline import step_cost
+from barrierkit.cli import main as cli_main
+
+MACHINE_FIELDS = ("machine_cpu", "machine_cores", "machine_gpu", "machine_torch", "machine_python", "machine_commit")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Each subcommand once with --quick; {part: (JSON path, CSV path)} of the files it wrote."""
+    written = {}
+    for part, extra in (("throughput", []), ("scaling", []), ("scp", []), ("roofline", []),
+                        ("all", ["--workloads", "digits"])):
+        out = tmp_path_factory.mktemp(part)
+        assert bench_main([part, "--quick", "--out", str(out), *extra]) == 0
+        for path in glob.glob(str(out / "*.json")):
+            name = os.path.basename(path).split("-")[0]
+            written[part if part != "all" else f"all/{name}"] = (path, path[:-5] + ".csv")
+    return written
+
+
+@pytest.mark.parametrize("part", ["throughput", "scaling", "scp", "roofline", "all/all", "all/throughput",
+                                  "all/scaling", "all/scp", "all/roofline"])
+def test_quick_subcommand_writes_well_formed_results(results, part):
+    path, csv_path = results[part]
+    doc = json.load(open(path))
+    assert doc["format"] == report.FORMAT and doc["quick"] is True
+    assert doc["machine"]["cores"] and doc["machine"]["commit"] and "cpu" in doc["machine"]
+    rows = doc["rows"]
+    assert rows and not [r for r in rows if r.get("status") == "error"], [r.get("reason") for r in rows]
+    timed = [r for r in rows if r.get("benchmark") in ("throughput", "scaling", "roofline") and r["status"] == "ok"]
+    for r in timed:  # each number stored with its configuration
+        assert r["steps_per_s_median"] > 0 and r["time_min_s"] <= r["time_median_s"]
+        assert {"workload", "method", "n", "steps_per_call", "device", "dtype", "batch", "hidden"} <= set(r)
+        assert r["peak_rss_mb"] > 0 and r["model_flops"] > 0 and r["model_bytes"] > 0
+    with open(csv_path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader)
+        lines = list(reader)
+    assert header[:2] == ["benchmark", "workload"] or header[0] == "benchmark"
+    assert set(MACHINE_FIELDS) <= set(header)
+    assert len(lines) == len(rows) and all(len(line) == len(header) for line in lines)
+    commit = header.index("machine_commit")
+    assert all(line[commit] == doc["machine"]["commit"] for line in lines)
+
+
+def test_quick_throughput_covers_every_workload_method_and_certify(results):
+    rows = json.load(open(results["throughput"][0]))["rows"]
+    cells = {(r["workload"], r["method"]): r for r in rows if r["benchmark"] == "throughput"}
+    for wl in ("digits", "mnist", "deep"):
+        for method in ("loop", "torch", "torch.func", "numba"):
+            assert cells[(wl, method)]["status"] == "ok"
+        assert cells[(wl, "torch")]["speedup_vs_loop"] > 0
+        for method in ("triton", "triton-tf32", "torch.func+compile"):  # GPU only: skipped, with the reason
+            assert cells[(wl, method)]["status"] == "skipped" and "GPU" in cells[(wl, method)]["reason"]
+    cert = [r for r in rows if r["benchmark"] == "certify"]
+    assert len(cert) == 1 and cert[0]["certifications_per_hour"] > 0 and cert[0]["certified_probes_per_hour"] >= 0
+    assert math.isclose(sum(v["share"] for k, v in cert[0]["stages"].items() if k != "total"), 1.0, rel_tol=1e-6)
+
+
+def test_quick_scaling_and_scp_fit_exponents(results):
+    rows = json.load(open(results["scaling"][0]))["rows"]
+    fits = [r for r in rows if r["benchmark"] == "scaling_fit"]
+    assert {(r["workload"], r["method"]) for r in fits} >= {("digits", "torch"), ("mnist", "numba")}
+    assert all(np.isfinite(r["exponent"]) and r["points"] == 3 for r in fits)
+    scp = json.load(open(results["scp"][0]))["rows"]
+    assert {(r["solver"], r["mode"]) for r in scp if r["benchmark"] == "scp_fit"} == {
+        ("CLARABEL", "cg"), ("CLARABEL", "full"), ("OSQP", "cg"), ("OSQP", "full")}
+
+
+def test_every_method_trains_the_same_runs():
+    """The baselines do the same work: same init, batch order and poison, so the same parameters."""
+    from bench.workloads import setup
+
+    params = {}
+    for method in ("torch", "loop", "torch.func", "numba"):
+        case = setup("digits", method, 3, steps=3, reference_steps=16)
+        case.call()
+        case.call()
+        params[method] = case.stepper.params()
+    for method, ps in params.items():
+        for p, ref in zip(ps, params["torch"]):
+            assert p.shape == ref.shape and float((p - ref).abs().max()) < 1e-5, method
+
+
+def test_step_cost_matches_a_hand_count():
+    # MNIST-shaped MLP 784-64-10, batch 64, gradient attack, plain SGD, 8 steps per launch, one trajectory.
+    # parameters d = 784*64 + 64 + 64*10 + 10 = 50_890; W1 = 50_176; the small layers 714.
+    # FLOPs: forward 2*64*(50_176 + 640) = 6_504_448; weight gradients the same, 6_504_448;
+    #        activation gradient of layer 2 only, 2*64*640 = 81_920; SGD 2*50_890 = 101_780.
+    flops = 6_504_448 + 6_504_448 + 81_920 + 101_780
+    assert flops == 13_192_596
+    # bytes: W1 read + write 2*4*50_176 = 401_408; batch rows gathered twice 2*4*64*784 = 401_408;
+    #        direction rows gathered twice 401_408; indices + labels 4*64 + 4*64 = 512;
+    #        small layers read + written once per 8-step launch 2*4*714/8 = 714; seed 8/8 = 1.
+    nbytes = 401_408 + 401_408 + 401_408 + 512 + 714 + 1
+    assert nbytes == 1_205_451
+    cost = step_cost(784, 64, 10, 64, 1)
+    assert cost.flops == flops and cost.bytes == nbytes
+    assert step_cost(784, (64,), 10, 64, 4000) == (4000 * flops, 4000 * nbytes)
+    # momentum and weight decay: + 2*50_890 each in FLOPs; + the W1 buffer (401_408) and the small
+    # layers' buffers (another 714) in bytes
+    heavy = step_cost(784, 64, 10, 64, 1, momentum=True, weight_decay=True)
+    assert heavy == (flops + 4 * 50_890, nbytes + 401_408 + 714)
+    # bench/notes_triton.md's table: N = 4000, gradient + momentum 6.42 GB, sign plain 3.21 GB, 53.6 GFLOP
+    assert round(step_cost(784, 64, 10, 64, 4000, momentum=True).bytes / 1e9, 2) == 6.43
+    assert round(step_cost(784, 64, 10, 64, 4000, attack="sign").bytes / 1e9, 2) == 3.22
+    assert round(heavy.flops * 4000 / 1e9, 1) == 53.6
+
+
+def test_fit_exponent_recovers_a_known_exponent():
+    ns = np.array([250, 500, 1000, 2000, 4000, 8000])
+    noise = 1.0 + 0.02 * np.array([1, -1, 0.5, -0.5, 1, -1])  # +-2 % timing noise
+    fit = report.fit_exponent(ns, 3e-6 * ns ** 1.37 * noise)
+    assert abs(fit["exponent"] - 1.37) < 0.01 and fit["r2"] > 0.999
+    assert math.isclose(fit["prefactor"], 3e-6, rel_tol=0.1)
+    exact = report.fit_exponent([1, 10, 100], [2.0, 20.0, 200.0])
+    assert math.isclose(exact["exponent"], 1.0) and math.isclose(exact["prefactor"], 2.0)
+    with pytest.raises(ValueError):
+        report.fit_exponent([100, 100], [1.0, 2.0])
+
+
+def test_certify_profile_prints_the_stage_table(capsys):
+    args = ["certify", "--steps", "80", "--record-every", "20", "--n-verify", "40", "--n-train", "20", "--n-clean", "10",
+            "--n-pool", "10", "--max-probes", "2", "--epsilon", "0.6", "--beta", "0.1", "--alpha", "0.1",
+            "--delta-start", "0.01", "--quiet", "--profile"]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("profile: where the time went"):]
+    for stage in ("clean runs", "sampling", "barrier fit", "scenario program", "other", "total"):
+        assert stage in table
+    total = [line for line in table.splitlines() if line.strip().startswith("total")][0]
+    assert total.rstrip().endswith("100.0%")
+    assert "trajectory-steps/s" in table
+
+
+def test_readme_block_is_generated_between_the_markers(tmp_path):
+    doc = report.document("throughput", [
+        {"benchmark": "throughput", "workload": "digits", "workload_title": "digits MLP 64-32-10, batch 32",
+         "method": "numba", "device": "cpu", "n": 1000, "status": "ok", "steps_per_s_median": 123456.0,
+         "steps_per_s_best": 130000.0, "speedup_vs_loop": 25.0, "peak_rss_mb": 700.0, "peak_rss_delta_mb": 12.5},
+        {"benchmark": "throughput", "workload": "digits", "method": "triton", "n": 1000, "status": "skipped",
+         "reason": "GPU only"},
+        {"benchmark": "certify", "certify_config": "default", "status": "CERTIFIED", "probes": 5, "total_s": 600.0,
+         "certifications_per_hour": 6.0, "certified_probes_per_hour": 18.0, "trajectory_steps_per_s": 5e4}],
+        {"cpu": "Test CPU", "cores": 2, "gpu": None, "torch": "2.13", "python": "3.11", "commit": "abc1234"}, {}, False)
+    path, _ = report.write_results(doc, str(tmp_path / "results"))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Results\n\nintro\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n\ntail\n")
+    assert bench_main(["readme", "--results", str(tmp_path / "results"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\n## Results\n\nintro\n\n<!-- bench:begin -->\n") and text.endswith("<!-- bench:end -->\n\ntail\n")
+    assert "old" not in text and "123,456" in text and "700 (+12.5)" in text and "Test CPU" in text and "abc1234" in text
+    assert "triton skipped: GPU only" in text and "| default | CERTIFIED |" in text
+    # the repository's README has the markers under its Results section
+    real = open(report.README).read()
+    assert real.index("## Results") < real.index(report.BEGIN) < real.index(report.END)
+
+
+def test_plot_makes_pngs_or_names_the_missing_package(tmp_path, capsys):
+    rows = [{"benchmark": "scaling", "workload": "digits", "method": "torch", "n": n, "status": "ok",
+             "time_per_step_s": 1e-5 * n} for n in (4, 8, 16)]
+    rows.append({"benchmark": "scaling_fit", "workload": "digits", "method": "torch", "status": "ok", "exponent": 1.0})
+    path, csv_path = report.write_results(report.document("scaling", rows, {"cpu": "x", "commit": "c"}, {}, True), str(tmp_path))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert bench_main(["plot", path]) == 2
+        assert "matplotlib" in capsys.readouterr().err
+        return
+    assert bench_main(["plot", path]) == 0
+    assert glob.glob(str(tmp_path / "*-scaling.png"))
+    assert bench_main(["plot", csv_path, "--out", str(tmp_path / "from_csv")]) == 0
+
+
+def test_engine_steps_still_runs(tmp_path):
+    from bench.engine_steps import main
+
+    result = main(["--n", "4", "--repeats", "1", "--loop-runs", "1", "--out", str(tmp_path)])
+    assert result["rows"][0]["loop_steps_per_s"] > 0 and glob.glob(str(tmp_path / "engine_steps-*.json"))
