@@ -41,13 +41,13 @@ def loop_throughput(config: SampleConfig, data, delta: float, runs: int) -> floa
     return runs * config.recipe.steps / (time.perf_counter() - start)
 
 
-def engine_throughput(config: SampleConfig, data, delta: float, n: int, repeats: int) -> list:
+def engine_throughput(config: SampleConfig, data, delta: float, n: int, repeats: int, backend: str = "torch") -> list:
     """Trajectory-steps per second of the batched engine (whole sample() call), per repeat."""
     out = []
     for rep in range(repeats):
         seeds = trajectory_seeds(rep, PURPOSE_SAMPLE, n)
         start = time.perf_counter()
-        sample(config, delta, seeds, data=data, progress=False)
+        sample(config, delta, seeds, data=data, progress=False, backend=backend)
         out.append(n * config.recipe.steps / (time.perf_counter() - start))
     return out
 
@@ -58,6 +58,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--delta", type=float, default=0.1)
     ap.add_argument("--loop-runs", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--backend", default="torch", help="engine backend: torch (the reference), numba, auto")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args(argv)
     config = SampleConfig()  # digits, MLP 64-32-10, batch 32, gradient attack, rho 0.5
@@ -66,14 +67,14 @@ def main(argv=None) -> dict:
     loop = loop_throughput(config, data, args.delta, args.loop_runs)
     rows = []
     for n in args.n:
-        eng = engine_throughput(config, data, args.delta, n, args.repeats)
+        eng = engine_throughput(config, data, args.delta, n, args.repeats, args.backend)
         rows.append({"n": n, "engine_steps_per_s_best": max(eng), "engine_steps_per_s_median": float(np.median(eng)),
                      "loop_steps_per_s": loop, "speedup_best": max(eng) / loop})
         print(f"N={n:5d}  engine {max(eng):10.0f} steps/s (median {np.median(eng):.0f})  loop {loop:8.0f} steps/s  x{max(eng) / loop:6.1f}")
     result = {"benchmark": "engine_steps", "workload": "digits MLP 64-32-10 batch 32, gradient attack rho 0.5",
-              "delta": args.delta, "steps": config.recipe.steps, "rows": rows, "machine": describe()}
+              "backend": args.backend, "delta": args.delta, "steps": config.recipe.steps, "rows": rows, "machine": describe()}
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"engine_steps-{result['machine']['commit']}.json")
+    path = os.path.join(args.out, f"engine_steps-{args.backend}-{result['machine']['commit']}.json")
     with open(path, "w") as fh:
         json.dump(result, fh, indent=2)
     print(f"wrote {path}")
