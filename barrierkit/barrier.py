@@ -34,6 +34,8 @@ from typing import Any, Dict, List, Tuple, Union
 import numpy as np
 import torch
 
+from .scenario import c_max
+
 STD_FLOOR = 1e-6  # floor on a feature's standard deviation (constant features stay finite)
 FORMAT = "barrierkit.barrier/1"
 _SEED_LIMIT = 2**63
@@ -188,17 +190,6 @@ class Barrier:
             train_loss=float(d["train_loss"]),
             train_violations={k: float(v) for k, v in d["train_violations"].items()},
         )
-
-
-def c_max(K: int, kappa: float) -> float:
-    """Largest float64 c with K * c <= 1 - kappa in float64 arithmetic (C4 without rounding slop)."""
-    bound = 1.0 - kappa
-    c = bound / K
-    while K * c > bound:
-        c = float(np.nextafter(c, -np.inf))
-    while K * float(np.nextafter(c, np.inf)) <= bound:
-        c = float(np.nextafter(c, np.inf))
-    return c
 
 
 def _check_inputs(features: np.ndarray, unsafe: np.ndarray, pool: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -150,7 +150,9 @@ def c_max(k: int, kappa: float) -> float:
     limit = 1.0 - kappa
     c = limit / k
     while k * c > limit:
-        c = np.nextafter(c, -np.inf)
+        c = float(np.nextafter(c, -np.inf))
+    while k * float(np.nextafter(c, np.inf)) <= limit:
+        c = float(np.nextafter(c, np.inf))
     return float(c)
 
 

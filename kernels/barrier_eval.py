@@ -55,6 +55,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._aot import cubin_usage
+
 DTYPES = (torch.float32, torch.float64)
 MAX_WIDTH = 1024  # hidden width a program keeps as one register tile row
 MAX_FEATURES = 256  # k and m are unrolled at compile time
@@ -351,8 +353,6 @@ def compile_report(*, dtype: str = "fp64", k: int = 11, width: int = 32, m: int 
     stack (spill) bytes, shared memory and SASS counts (DFMA/FFMA fp64/fp32 FMAs, MUFU special
     functions, LDL/STL local memory, LDG/STG global memory).
     """
-    import subprocess
-    import tempfile
 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -385,19 +385,7 @@ def compile_report(*, dtype: str = "fp64", k: int = 11, width: int = 32, m: int 
     report = {"arch": f"sm_{arch}", "dtype": dtype, "k": k, "width": width, "m": m, "block_n": block_n,
               "num_warps": num_warps, "has_w": has_w, "return_psi": return_psi,
               "shared_bytes": int(kernel.metadata.shared)}
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if os.path.exists(tools):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "k.cubin")
-            with open(path, "wb") as fh:
-                fh.write(kernel.asm["cubin"])
-            usage = subprocess.run([tools, "--dump-resource-usage", path], capture_output=True, text=True).stdout
-            sass = subprocess.run([tools, "--dump-sass", path], capture_output=True, text=True).stdout
-        for field in ("REG", "STACK"):
-            for token in usage.split():
-                if token.startswith(field + ":"):
-                    report[field.lower()] = int(token.split(":")[1])
-        report["sass"] = {op: sass.count(op) for op in ("DFMA", "FFMA", "MUFU", "LDL", "STL", "LDG", "STG", "CALL")}
+    report.update(cubin_usage(kernel, ("DFMA", "FFMA", "MUFU", "LDL", "STL", "LDG", "STG", "CALL")))
     return report
 
 

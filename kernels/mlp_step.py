@@ -49,6 +49,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._aot import cubin_usage
+
 # Counter word c2 (the stream tag) of barrierkit.rng.Stream; a test checks they agree.
 STREAM_SUBSET = 3
 STREAM_DELTA = 4
@@ -597,8 +599,6 @@ def compile_report(*, attack: str = "gradient", hidden: Sequence[int] = (64,), b
     registers per thread, the stack frame (bytes of spilled registers per thread), shared memory and
     SASS instruction counts (HGMMA = Hopper tensor cores, FFMA = fp32 FMA, LDL/STL = local memory).
     """
-    import subprocess
-    import tempfile
 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -636,19 +636,7 @@ def compile_report(*, attack: str = "gradient", hidden: Sequence[int] = (64,), b
     report = {"arch": f"sm_{arch}", "num_warps": num_warps, "num_stages": num_stages, "block_d": block_d,
               "input_precision": input_precision, "attack": attack, "hidden": list(hidden), "batch": batch,
               "shared_bytes": int(kernel.metadata.shared)}
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if os.path.exists(tools):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "k.cubin")
-            with open(path, "wb") as fh:
-                fh.write(kernel.asm["cubin"])
-            usage = subprocess.run([tools, "--dump-resource-usage", path], capture_output=True, text=True).stdout
-            sass = subprocess.run([tools, "--dump-sass", path], capture_output=True, text=True).stdout
-        for field in ("REG", "STACK"):
-            for token in usage.split():
-                if token.startswith(field + ":"):
-                    report[field.lower()] = int(token.split(":")[1])
-        report["sass"] = {op: sass.count(op) for op in ("HGMMA", "HMMA", "FFMA", "LDL", "STL", "LDG", "STG")}
+    report.update(cubin_usage(kernel, ("HGMMA", "HMMA", "FFMA", "LDL", "STL", "LDG", "STG")))
     return report
 
 
