@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Dict, Optional
 
@@ -41,7 +42,7 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
                        sample_config=dataclasses.replace(scfg, threat=dataclasses.replace(scfg.threat, rho=config.pool_rho)))
     heavy_unsafe = heavy.unsafe(g_clean, config.alpha)
     if heavy_unsafe.any():
-        ctx.pool.append((pool_delta, heavy.features[heavy_unsafe, -1]))
+        ctx.pool.append((math.inf, heavy.features[heavy_unsafe, -1]))  # heavier than every probe (rho_pool)
     result = search(lambda d, i: run_probe(ctx, d, i), max_probes=config.max_probes, budget_max=top,
                     delta_start=config.delta_start, delta_hi=config.delta_hi, rel_tol=config.rel_tol)
     certified = [p for p in result.probes if p["status"] == "CERTIFIED"]
@@ -69,7 +70,7 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
         "alpha": config.alpha, "beta": config.beta, "beta_per_probe": config.beta_per_probe, "epsilon": eps,
         "epsilon_requested": config.epsilon, "n_verify": config.n_verify, "n_train": config.n_train,
         "d": config.decision_variables,
-        "epsilon_direct_at_n_verify": pac.epsilon(config.n_verify + config.n_train, 1, config.beta_per_probe),
+        "epsilon_direct": pac.epsilon(config.n_verify + config.n_train, 1, config.beta_per_probe),
         "pool": {"delta": pool_delta, "rho": config.pool_rho, "n": heavy.n, "n_unsafe": int(heavy_unsafe.sum())},
         "probes": result.probes, "radii": radii, "context": context,
         "timings": {"total_s": total, "clean_s": clean_s, **ctx.timings},

@@ -88,8 +88,7 @@ def guarantee_sentence(doc: Dict[str, Any]) -> str:
     norm = "ℓ∞" if threat["norm"] == "inf" else "ℓ2"
     if doc["status"] != "CERTIFIED":
         return (f"No budget was certified ({doc['status']}): {doc['reason']}")
-    where = (f"any {norm} budget up to the whole input domain (δ = {radii['delta_cert']:.4g})" if radii["whole_domain"]
-             else f"the {norm} budget δ = {radii['delta_cert']:.4g}")
+    where = f"the {norm} budget δ = {radii['delta_cert']:.4g}" + (" (the whole input domain)" if radii["whole_domain"] else "")
     return (
         f"With confidence at least {1 - cfg['beta']:.6g} over the sampled verification runs, a fresh training run "
         f"of this recipe whose training points are each poisoned with probability ρ = {threat['rho']:g} by the "
@@ -153,53 +152,92 @@ def _close(a: Optional[float], b: Optional[float], rel: float = 1e-9) -> bool:
 
 def check_document(doc: Dict[str, Any]) -> List[str]:
     """Re-check PAC arithmetic, eta_check from the stored margins, statuses and radii."""
+    try:
+        return _check_document(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        return [f"malformed document ({type(exc).__name__}: {exc})"]
+
+
+def _check_probe(p: Dict[str, Any], cfg: Dict[str, Any], beta_probe: float) -> List[str]:
     problems: List[str] = []
+    tag = f"probe {p['index']} (δ={p['delta']:g})"
+    d_expected = cfg["barrier"]["out_dim"] + 3 + (1 if cfg["mu"] > 0 else 0)
+    if p["d"] != d_expected:
+        problems.append(f"{tag}: d={p['d']} is not out_dim + 3 (+1 when mu > 0) = {d_expected}")
+    if (p["n_train"], p["n_verify"]) != (cfg["n_train"], cfg["n_verify"]):
+        problems.append(f"{tag}: split sizes differ from the configuration")
+    if p["direct"]["n"] != p["n_train"] + p["n_verify"]:
+        problems.append(f"{tag}: direct n is not n_train + n_verify")
+    if not _close(p["beta"], beta_probe):
+        problems.append(f"{tag}: beta {p['beta']} is not beta/max_probes = {beta_probe}")
+    if not _close(p["direct"]["epsilon"], pac.epsilon(p["direct"]["n"], 1, beta_probe)):
+        problems.append(f"{tag}: direct epsilon does not match epsilon(n={p['direct']['n']}, d=1)")
+    direct_ok = p["n_unsafe_train"] + p["n_unsafe_verify"] == 0 and p["direct"]["epsilon"] <= cfg["epsilon"]
+    if p["direct"]["passed"] != direct_ok:
+        problems.append(f"{tag}: direct pass flag is inconsistent with its counts")
+    if p.get("epsilon") is not None and not _close(p["epsilon"], pac.epsilon(p["n_verify"], p["d"], beta_probe)):
+        problems.append(f"{tag}: epsilon does not match epsilon(N_v={p['n_verify']}, d={p['d']}, beta/K_max)")
+    if (p["status"] == "REFUTED") != (p["n_unsafe_verify"] > 0):
+        problems.append(f"{tag}: status {p['status']} is inconsistent with {p['n_unsafe_verify']} unsafe verification runs")
+    if p["status"] == "REFUTED" and not p.get("witness"):
+        problems.append(f"{tag}: REFUTED without a witness")
+    v = p.get("verdict")
+    if v is not None and v["solver_status"] == "optimal":
+        margins = v["trajectory_margins"]
+        if len(margins) != p["n_verify"] or any(m is None for m in margins) or v["pool_margin"] is None:
+            problems.append(f"{tag}: stored margins are incomplete or non-finite")
+        elif not _close(max(margins + [v["pool_margin"]]), p["eta_check"], 1e-12):
+            problems.append(f"{tag}: eta_check {p['eta_check']} differs from the stored margins' max")
+    if p["status"] == "CERTIFIED":
+        if v is None or v["solver_status"] != "optimal":
+            problems.append(f"{tag}: CERTIFIED without an OPTIMAL solver status")
+        elif not (p["eta_check"] is not None and p["eta_check"] < -cfg["tau"] and v["rounding_bound"] < cfg["tau"]):
+            problems.append(f"{tag}: CERTIFIED but eta_check {p['eta_check']} is not below -tau (tau = {cfg['tau']})")
+        if p.get("epsilon") is None or p["epsilon"] > cfg["epsilon"]:
+            problems.append(f"{tag}: CERTIFIED with epsilon {p.get('epsilon')} above the requested {cfg['epsilon']}")
+    return problems
+
+
+def _check_document(doc: Dict[str, Any]) -> List[str]:
+    problems: List[str] = []
+    if doc.get("status") not in STATUSES:
+        return [f"unknown status {doc.get('status')!r}"]
     cfg = doc["config"]
     beta_probe = cfg["beta"] / cfg["max_probes"]
-    if len(doc["probes"]) > cfg["max_probes"]:
-        problems.append(f"{len(doc['probes'])} probes exceed max_probes={cfg['max_probes']}: the union bound fails")
-    certified = []
-    for p in doc["probes"]:
-        tag = f"probe {p['index']} (δ={p['delta']:g})"
-        if not _close(p["beta"], beta_probe):
-            problems.append(f"{tag}: beta {p['beta']} is not beta/max_probes = {beta_probe}")
-        if not _close(p["direct"]["epsilon"], pac.epsilon(p["direct"]["n"], 1, beta_probe)):
-            problems.append(f"{tag}: direct epsilon does not match epsilon(n={p['direct']['n']}, d=1)")
-        direct_ok = p["n_unsafe_train"] + p["n_unsafe_verify"] == 0 and p["direct"]["epsilon"] <= cfg["epsilon"]
-        if p["direct"]["passed"] != direct_ok:
-            problems.append(f"{tag}: direct pass flag is inconsistent with its counts")
-        if p.get("epsilon") is not None and not _close(p["epsilon"], pac.epsilon(p["n_verify"], p["d"], beta_probe)):
-            problems.append(f"{tag}: epsilon does not match epsilon(N_v={p['n_verify']}, d={p['d']}, beta/K_max)")
-        v = p.get("verdict")
-        if v is not None:
-            margins = [m for m in v["trajectory_margins"] if m is not None]
-            eta = max(margins + ([v["pool_margin"]] if v["pool_margin"] is not None else []))
-            if not _close(eta, p["eta_check"], 1e-12):
-                problems.append(f"{tag}: eta_check {p['eta_check']} differs from the stored margins' max {eta}")
-        if p["status"] == "CERTIFIED":
-            certified.append(p["delta"])
-            if v is None or v["solver_status"] != "optimal":
-                problems.append(f"{tag}: CERTIFIED without an OPTIMAL solver status")
-            if not (p["eta_check"] < -p["tau"]):
-                problems.append(f"{tag}: CERTIFIED but eta_check {p['eta_check']} >= -tau")
-            if p["n_unsafe_verify"] > 0:
-                problems.append(f"{tag}: CERTIFIED with unsafe verification runs")
-            if p["epsilon"] > cfg["epsilon"]:
-                problems.append(f"{tag}: CERTIFIED with epsilon {p['epsilon']} above the requested {cfg['epsilon']}")
-        if p["status"] == "REFUTED" and not p.get("witness"):
-            problems.append(f"{tag}: REFUTED without a witness")
+    probes = doc["probes"]
+    if len(probes) > cfg["max_probes"]:
+        problems.append(f"{len(probes)} probes exceed max_probes={cfg['max_probes']}: the union bound fails")
+    if sorted(p["index"] for p in probes) != list(range(len(probes))):
+        problems.append("probe indices are not 0..n-1 (each index keys fresh seeds)")
+    for p in probes:
+        problems += _check_probe(p, cfg, beta_probe)
+    certified = [p for p in probes if p["status"] == "CERTIFIED"]
     radii = doc["radii"]
-    if not _close(radii["delta_cert"], max(certified) if certified else None):
+    best = max(certified, key=lambda p: p["delta"]) if certified else None
+    if not _close(radii["delta_cert"], best["delta"] if best else None):
         problems.append(f"delta_cert {radii['delta_cert']} is not the largest certified probe")
-    passed = [p["delta"] for p in doc["probes"] if p["direct"]["passed"]]
+    passed = [p["delta"] for p in probes if p["direct"]["passed"]]
     if not _close(radii["delta_direct"], max(passed) if passed else None):
         problems.append(f"delta_direct {radii['delta_direct']} is not the largest probe passing the direct bound")
+    above = [p["delta"] for p in probes if p["status"] != "CERTIFIED" and (best is None or p["delta"] > best["delta"])]
+    if not _close(radii["delta_fail"], min(above) if above else None):
+        problems.append(f"delta_fail {radii['delta_fail']} is not the smallest non-certified probe above delta_cert")
+    if radii["whole_domain"] and not (best is not None and best["delta"] >= radii["max_budget"]):
+        problems.append("whole_domain is claimed but the largest admissible budget was not certified")
+    if radii["capped_by_user"] and not (best is not None and cfg["delta_hi"] is not None
+                                        and _close(best["delta"], cfg["delta_hi"]) and best["delta"] < radii["max_budget"]):
+        problems.append("capped_by_user is inconsistent with delta_hi and the certified probe")
     if (doc["status"] == "CERTIFIED") != bool(certified):
         problems.append(f"status {doc['status']} is inconsistent with the probes")
-    if doc["status"] == "CERTIFIED":
-        best = max((p for p in doc["probes"] if p["status"] == "CERTIFIED"), key=lambda p: p["delta"])
-        if not _close(doc["epsilon"], best["epsilon"]):
-            problems.append("epsilon is not the certified probe's epsilon")
-    if doc["status"] not in STATUSES:
-        problems.append(f"unknown status {doc['status']!r}")
+    if best is not None:
+        for key in ("epsilon", "eta_check", "eta_star", "n_support", "epsilon_a_posteriori"):
+            if not _close(doc.get(key), best.get(key)):
+                problems.append(f"{key} is not the certified probe's {key}")
+    elif doc["epsilon"] is not None:
+        problems.append("epsilon is given although nothing was certified")
+    elif probes:
+        first = min(probes, key=lambda p: p["delta"])
+        expected = "REFUTED" if first["status"] == "REFUTED" else "INCONCLUSIVE"
+        if doc["status"] != expected:
+            problems.append(f"status {doc['status']} should be {expected} (the smallest probe's outcome)")
     return problems

@@ -52,7 +52,9 @@ class CertifyContext:
         return runs
 
     def pool_above(self, delta: float) -> np.ndarray:
-        """Unsafe states from runs at budgets larger than ``delta`` (METHOD section 5).
+        """Unsafe states from runs at budgets larger than ``delta`` or heavier poisoning (METHOD 5).
+
+        The heavy-poison pool is keyed at budget +inf: it is always heavier than any probe.
 
         States from the probe's own budget are left out: they sit on the safety boundary next to
         safe runs of the same budget, so no barrier with a margin can separate them, and they add
@@ -145,7 +147,7 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
     vd = verdict.to_dict()
     record.update(
         status=status, reason=reason, epsilon=eps, epsilon_a_posteriori=eps_post, d=verdict.d,
-        n_support=verdict.n_support, eta_star=verdict.eta_star, eta_check=verdict.eta_check, tau=cfg.tau,
+        n_support=verdict.n_support, eta_star=vd["eta_star"], eta_check=vd["eta_check"], tau=cfg.tau,
         pool_size=int(len(pool)), psi_backend=psi_backend,
         verdict={k: vd[k] for k in ("solver", "solver_status", "fell_back", "w", "gamma", "c", "c_clamped",
                                      "n_rows_total", "n_rows_used", "cg_rounds", "solve_seconds", "rounding_bound",

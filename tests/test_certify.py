@@ -136,3 +136,19 @@ def test_certificate_summary_states_the_guarantee(cli_certificate):
         assert "With confidence at least" in text and "sampling attack" in text and "covers ℓ1" in text
     else:
         assert "No budget was certified" in text
+
+
+@pytest.mark.parametrize("forge,needle", [
+    (lambda d: d["probes"][0].__setitem__("d", 1), "d=1"),
+    (lambda d: d["radii"].__setitem__("whole_domain", True), "whole_domain"),
+    (lambda d: d["probes"][0]["direct"].__setitem__("n", 10**6), "direct n"),
+    (lambda d: d["probes"][0].__setitem__("index", 5), "indices"),
+    (lambda d: d.__setitem__("status", "CERTIFIED" if d["status"] != "CERTIFIED" else "REFUTED"), "status"),
+])
+def test_verify_rederives_what_a_forger_would_change(cli_certificate, tmp_path, capsys, forge, needle):
+    cert = Certificate.load(cli_certificate)
+    forge(cert.doc)
+    path = tmp_path / "forged.json"
+    cert.save(path)  # a forger who recomputes the digest
+    assert main(["verify", str(path)]) == 2
+    assert needle in capsys.readouterr().err
