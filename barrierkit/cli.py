@@ -109,7 +109,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def certify_config_from_args(args: argparse.Namespace) -> "CertifyConfig":
+def certify_config_from_args(args: argparse.Namespace):
     from .config import CertifyConfig
 
     return CertifyConfig(

@@ -13,7 +13,6 @@ and also records the features phi (extra work the loop does not do).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -25,6 +24,7 @@ from barrierkit.data import load_digits
 from barrierkit.engine import PURPOSE_SAMPLE, sample, trajectory_seeds
 
 from .machine import describe
+from .report import document, write_results
 from .workloads import WORKLOADS, setup
 
 
@@ -71,13 +71,9 @@ def main(argv=None) -> dict:
         rows.append({"n": n, "engine_steps_per_s_best": max(eng), "engine_steps_per_s_median": float(np.median(eng)),
                      "loop_steps_per_s": loop, "speedup_best": max(eng) / loop})
         print(f"N={n:5d}  engine {max(eng):10.0f} steps/s (median {np.median(eng):.0f})  loop {loop:8.0f} steps/s  x{max(eng) / loop:6.1f}")
-    result = {"benchmark": "engine_steps", "workload": "digits MLP 64-32-10 batch 32, gradient attack rho 0.5",
-              "backend": args.backend, "delta": args.delta, "steps": config.recipe.steps, "rows": rows, "machine": describe()}
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"engine_steps-{args.backend}-{result['machine']['commit']}.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
-    print(f"wrote {path}")
+    setting = {"workload": "digits MLP 64-32-10 batch 32, gradient attack rho 0.5", "steps": config.recipe.steps, **vars(args)}
+    result = document("engine_steps", rows, describe(), setting, quick=False)
+    print("wrote {} and {}".format(*write_results(result, args.out)))
     return result
 
 

@@ -8,7 +8,6 @@ small drifting increments, initial states near the origin, a pool of far-away un
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -17,6 +16,7 @@ import numpy as np
 from barrierkit.scenario import ScenarioProblem, solve
 
 from .machine import describe
+from .report import document, write_results
 
 
 def instance(n: int, m: int, k: int = 50, pool: int = 200, seed: int = 0) -> ScenarioProblem:
@@ -64,12 +64,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = ap.parse_args(argv)
-    result = {"benchmark": "scp", "rows": run(args.n, args.m, args.full_max, args.repeats), "machine": describe()}
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"scp-{result['machine']['commit']}.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=2)
-    print(f"wrote {path}")
+    result = document("scp", run(args.n, args.m, args.full_max, args.repeats), describe(), vars(args), quick=False)
+    print("wrote {} and {}".format(*write_results(result, args.out)))
     return result
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import barrierkit
 from barrierkit.cli import main
-from barrierkit.config import (CertifyConfig, ConfigError, FeatureSpec, ModelSpec, SampleConfig, SamplingAttack,
+from barrierkit.config import (CertifyConfig, ConfigError, FeatureSpec, SampleConfig, SamplingAttack,
                                ThreatModel, TrainRecipe)
 from barrierkit.engine import clean_accuracy
 from barrierkit.probe import PURPOSE_POOL, CertifyContext, run_probe
