@@ -70,12 +70,6 @@ def subset_mask(seeds: torch.Tensor, idx: torch.Tensor, rho: float) -> torch.Ten
     return (uniform_from_bits_torch(words[0]) < rho).reshape(idx.shape)
 
 
-def realized_fraction(seeds: torch.Tensor, n_train: int, rho: float) -> torch.Tensor:
-    """Fraction of the n_train points poisoned in each trajectory: [N] float64."""
-    idx = torch.arange(n_train, device=seeds.device)
-    return subset_mask(seeds, idx, rho).to(torch.float64).mean(dim=1)
-
-
 def flip_signs(seeds: torch.Tensor, idx: torch.Tensor, sign_noise: float) -> torch.Tensor:
     """[N, B] float64 of +-1: -1 where the gradient attack flips point idx[n, b]."""
     flip_u = uniform_from_bits_torch(bits_torch(seeds.view(-1, 1), idx, 0, Stream.SIGN_FLIP)[0])

@@ -28,3 +28,24 @@ def small_data():
 @pytest.fixture
 def np_rng():
     return np.random.default_rng(12345)
+
+
+def compile_reports(module: str, configs: str) -> list:
+    """``barrierkit.kernels.<module>.compile_report(**c)`` for each config (a Python literal list)
+    compiled for sm_90 with Triton's bundled ptxas, in a subprocess (this process imported triton
+    in interpreter mode). Skips when the NVIDIA backend is not installed."""
+    import json
+    import subprocess
+    import sys
+
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("Triton's NVIDIA backend (ptxas) is not installed")
+    script = (f"import json\nfrom barrierkit.kernels import {module} as K\n"
+              f"print(json.dumps([K.compile_report(**c) for c in {configs}]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

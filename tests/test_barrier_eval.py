@@ -19,6 +19,8 @@ Tolerances, with scale = 1 + max |reference| of the compared array:
 """
 import numpy as np
 import pytest
+
+from conftest import compile_reports
 import torch
 
 from barrierkit.barrier import Barrier, BarrierConfig, fit_barrier
@@ -286,26 +288,7 @@ def test_kernel_compiles_for_sm90():
     """triton.compile for GPUTarget('cuda', 90) with Triton's bundled ptxas (in a subprocess: this
     process imported triton in interpreter mode). The default tunings must not spill, and the fp32
     kernel must contain no fp64 arithmetic (no accidental promotion)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    import triton
-
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("Triton's NVIDIA backend (ptxas) is not installed")
-    script = (
-        "import json\n"
-        "from barrierkit.kernels import barrier_eval as B\n"
-        "cfgs = [dict(), dict(dtype='fp32'), dict(k=3, width=7, m=1, block_n=8, return_psi=True, has_unsafe=False)]\n"
-        "print(json.dumps([B.compile_report(**c) for c in cfgs]))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    fp64, fp32, small = json.loads(done.stdout.strip().splitlines()[-1])
+    fp64, fp32, small = compile_reports("barrier_eval", "[dict(), dict(dtype='fp32'), dict(k=3, width=7, m=1, block_n=8, return_psi=True, has_unsafe=False)]")
     assert fp64["stack"] == 0 and fp32["stack"] == 0, f"default tunings spill: {fp64}, {fp32}"
     assert fp64["sass"]["DFMA"] > 0
     assert fp32["sass"]["DFMA"] == 0, f"fp32 kernel contains fp64 FMAs: {fp32}"

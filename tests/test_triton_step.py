@@ -15,6 +15,8 @@ is identical.
 
 import numpy as np
 import pytest
+
+from conftest import compile_reports
 import torch
 
 from barrierkit import rng
@@ -348,28 +350,7 @@ def test_kernel_compiles_for_sm90():
     """triton.compile for GPUTarget('cuda', 90) with Triton's bundled ptxas: catches what the
     interpreter cannot (tl.dot shape/layout rules, lowering); runs in a subprocess because this one
     imported triton in interpreter mode."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    import triton
-
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("Triton's NVIDIA backend (ptxas) is not installed")
-    script = (
-        "import json\n"
-        "from barrierkit.kernels import mlp_step as K\n"
-        "cfgs = [dict(), dict(input_precision='tf32'),\n"
-        "        dict(attack='uniform', hidden=(64, 32), input_precision='tf32', debug=True),\n"
-        "        dict(attack='sign', hidden=(7,), batch=1, n_classes=2, momentum=False, weight_decay=False)]\n"
-        "print(json.dumps([K.compile_report(**c) for c in cfgs]))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    reports = json.loads(done.stdout.strip().splitlines()[-1])
+    reports = compile_reports("mlp_step", "[dict(), dict(input_precision='tf32'), dict(attack='uniform', hidden=(64, 32), input_precision='tf32', debug=True), dict(attack='sign', hidden=(7,), batch=1, n_classes=2, momentum=False, weight_decay=False)]")
     assert reports[1]["sass"]["HGMMA"] > 0, "tf32 dots must use Hopper tensor cores (wgmma)"
     assert reports[0]["sass"]["HGMMA"] == 0, "ieee dots must not use tensor cores"
     assert reports[1]["stack"] == 0, f"the tf32 MNIST-shaped kernel should not spill: {reports[1]}"
