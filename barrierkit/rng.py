@@ -97,7 +97,8 @@ def _mulhilo_torch(a: int, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]
     return (p >> 32) & MASK32, p & MASK32
 
 
-PHILOX_BLOCK = 1 << 16  # elements per block: keeps a round's temporaries in cache
+PHILOX_BLOCK = 1 << 16  # CPU: elements per block, so a round's temporaries stay in cache
+PHILOX_BLOCK_CUDA = 1 << 22  # CUDA: each op is a kernel launch, so blocks only bound the memory
 
 
 def philox4x32_torch(
@@ -105,21 +106,24 @@ def philox4x32_torch(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Philox4x32-10 on broadcastable int64 tensors holding 32-bit values; int64 out.
 
-    Large inputs are processed in blocks of PHILOX_BLOCK elements: the ten rounds are ~25
-    elementwise ops each, memory-bound on big tensors and cache-resident on small blocks.
+    Large inputs are processed in blocks: the ten rounds are ~25 elementwise ops each,
+    memory-bound on big tensors and cache-resident on small CPU blocks (PHILOX_BLOCK). On CUDA
+    every op is a kernel launch, so blocks there are large (PHILOX_BLOCK_CUDA) and only cap the
+    temporaries' memory. The blocking never changes a bit.
     """
     words = torch.broadcast_tensors(*(t.to(torch.int64) & MASK32 for t in (c0, c1, c2, c3, k0, k1)))
     shape = words[0].shape
     flat = [w.reshape(-1) for w in words]
     total = flat[0].numel()
-    if total <= PHILOX_BLOCK:
+    step = PHILOX_BLOCK_CUDA if flat[0].device.type == "cuda" else PHILOX_BLOCK
+    if total <= step:
         out = _philox_rounds(*flat)
         return tuple(o.reshape(shape) for o in out)  # type: ignore[return-value]
     out = [torch.empty(total, dtype=torch.int64, device=flat[0].device) for _ in range(4)]
-    for lo in range(0, total, PHILOX_BLOCK):
-        block = _philox_rounds(*(w[lo:lo + PHILOX_BLOCK] for w in flat))
+    for lo in range(0, total, step):
+        block = _philox_rounds(*(w[lo:lo + step] for w in flat))
         for o, b in zip(out, block):
-            o[lo:lo + PHILOX_BLOCK] = b
+            o[lo:lo + step] = b
     return tuple(o.reshape(shape) for o in out)  # type: ignore[return-value]
 
 

@@ -68,3 +68,21 @@ def test_derive_seeds_is_pure_and_distinct():
     assert not np.array_equal(a, rng.derive_seeds(5, 2, 0, 1000))
     with pytest.raises(ValueError, match="seed"):
         rng.derive_seeds(-1, 1, 0, 3)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_blocking_never_changes_a_bit(np_rng, monkeypatch, device):
+    """Blocks of 7 (an odd tail), the device's default blocks and numpy give the same words."""
+    n = 1000
+    seeds = np_rng.integers(0, 2**63, size=n, dtype=np.int64)
+    c0 = np_rng.integers(0, 2**32, size=n, dtype=np.int64)
+    expected = np.stack(rng.bits_numpy(seeds.astype(np.uint64), c0, 3, rng.Stream.DELTA)).astype(np.int64)
+
+    def words():
+        out = rng.bits_torch(torch.as_tensor(seeds, device=device), torch.as_tensor(c0, device=device), 3, rng.Stream.DELTA)
+        return np.stack([w.cpu().numpy() for w in out])
+
+    assert np.array_equal(words(), expected)
+    monkeypatch.setattr(rng, "PHILOX_BLOCK", 7)
+    monkeypatch.setattr(rng, "PHILOX_BLOCK_CUDA", 7)
+    assert np.array_equal(words(), expected)
