@@ -1,4 +1,6 @@
 """The trajectory engine against an independent nn.Module + torch.optim.SGD implementation."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -60,6 +62,12 @@ def reference_run(config, data, seeds_row, delta):
 
 BACKENDS_F64 = ["torch", "numba"]  # triton trains in float32 only
 BACKENDS_ALL = ["torch", "numba", "triton"]
+# triton runs in the interpreter on CPU tensors, or compiled on a CUDA device (TRITON_INTERPRET=0)
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1" else "cpu"
+
+
+def device_for(backend):
+    return TRITON_DEVICE if backend == "triton" else "cpu"
 
 
 @pytest.mark.parametrize("backend", BACKENDS_F64)
@@ -91,17 +99,18 @@ def _final_params(config, data, seeds, delta, backend="torch"):
     from barrierkit.backends import StepProblem, TrainState, get_backend
 
     dtype = torch.float64 if config.recipe.dtype == "float64" else torch.float32
+    dev = device_for(backend)
     shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
-    s = torch.as_tensor(seeds)
-    directions = torch.as_tensor(gradient_directions(config, data)) if config.attack.kind == "gradient" else None
+    s = torch.as_tensor(seeds, device=dev)
+    directions = torch.as_tensor(gradient_directions(config, data), device=dev) if config.attack.kind == "gradient" else None
     spec = PoisonSpec(seeds=s[:, 1], rho=config.threat.rho, delta=delta, norm=config.threat.norm, kind=config.attack.kind,
                       directions=directions).with_point_draws(data.x_train.shape[0])
-    problem = StepProblem(torch.as_tensor(data.x_train, dtype=torch.float64), torch.as_tensor(data.y_train),
+    problem = StepProblem(torch.as_tensor(data.x_train, dtype=torch.float64, device=dev), torch.as_tensor(data.y_train, device=dev),
                           Schedule(s[:, 2], data.x_train.shape[0], config.recipe.batch), spec, config.recipe.lr,
                           config.recipe.momentum, config.recipe.weight_decay, dtype)
-    state = TrainState(init_params(shape, seeds[:, 0], dtype=dtype))
+    state = TrainState(init_params(shape, seeds[:, 0], dtype=dtype, device=dev))
     get_backend(backend)(state, problem, 0, config.recipe.steps)
-    return flatten(state.params)
+    return flatten(state.params).cpu()
 
 
 @pytest.mark.parametrize("attack,norm", ATTACKS)
@@ -152,11 +161,12 @@ def test_on_the_fly_poison_equals_materialised(small_data):
 def test_replay_from_seeds_is_bit_exact_and_chunking_is_invisible(small_data, backend):
     config = make_config("gradient", "inf", dtype="float32")
     seeds = trajectory_seeds(3, PURPOSE_SAMPLE, 7)
-    full = sample(config, 0.2, seeds, data=small_data, progress=False, backend=backend)
-    chunked = sample(config, 0.2, seeds, data=small_data, chunk=3, progress=False, backend=backend)
+    dev = device_for(backend)
+    full = sample(config, 0.2, seeds, data=small_data, progress=False, backend=backend, device=dev)
+    chunked = sample(config, 0.2, seeds, data=small_data, chunk=3, progress=False, backend=backend, device=dev)
     assert np.array_equal(full.features, chunked.features)
     assert np.array_equal(full.test_accuracy, chunked.test_accuracy)
-    one = sample(config, 0.2, seeds[4:5], data=small_data, progress=False, backend=backend)
+    one = sample(config, 0.2, seeds[4:5], data=small_data, progress=False, backend=backend, device=dev)
     assert np.array_equal(one.features[0], full.features[4])
     assert one.test_accuracy[0] == full.test_accuracy[4]
 
@@ -167,10 +177,11 @@ def test_delta_zero_reproduces_clean_runs(small_data, backend):
     dtype = "float32" if backend == "triton" else "float64"
     poisoned_cfg = make_config("sign", "inf", rho=0.5, dtype=dtype)
     clean_cfg = make_config("sign", "inf", rho=0.0, dtype=dtype)
-    a = sample(poisoned_cfg, 0.0, seeds, data=small_data, progress=False, backend=backend)
-    b = sample(clean_cfg, 0.7, seeds, data=small_data, progress=False, backend=backend)
+    dev = device_for(backend)
+    a = sample(poisoned_cfg, 0.0, seeds, data=small_data, progress=False, backend=backend, device=dev)
+    b = sample(clean_cfg, 0.7, seeds, data=small_data, progress=False, backend=backend, device=dev)
     assert np.array_equal(a.features, b.features) and np.array_equal(a.test_accuracy, b.test_accuracy)
-    c = sample(poisoned_cfg, 0.3, seeds, data=small_data, progress=False, backend=backend)
+    c = sample(poisoned_cfg, 0.3, seeds, data=small_data, progress=False, backend=backend, device=dev)
     assert not np.array_equal(a.features, c.features), "poison must change the trajectories"
 
 
