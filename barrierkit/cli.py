@@ -45,9 +45,13 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sign-noise", type=float, default=0.0, help="gradient attack: probability of flipping a point's direction")
     g = p.add_argument_group("execution")
     g.add_argument("--seed", type=int, default=0, help="master seed; every trajectory's seeds derive from it (default: 0)")
-    g.add_argument("--backend", default="auto", help="torch, or auto (default)")
-    g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    g.add_argument("--memory-mb", type=float, default=2048.0, help="memory budget that sizes trajectory chunks (default: 2048)")
+    g.add_argument("--backend", default="auto",
+                   help="auto (default: triton on CUDA, numba on the CPU when installed, else torch), torch (the "
+                        "readable reference), numba, triton or triton_tf32; recorded, since it defines the dynamics")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default: cuda when available, else cpu)")
+    g.add_argument("--memory-mb", type=float, default=None,
+                   help="memory budget that sizes trajectory chunks; results do not depend on it "
+                        "(default: 2048 on the CPU, half the free memory of a CUDA device)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -82,7 +86,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_writable(args.out, "out")
     _check_writable(summary_path, "summary")
     data = get_dataset(config.dataset)
-    kw = dict(data=data, backend=args.backend, device=args.device, progress=False if args.quiet else None)
+    from .backends import resolve_device
+
+    kw = dict(data=data, backend=args.backend, device=resolve_device(args.device), progress=False if args.quiet else None)
     seeds = trajectory_seeds(args.seed, PURPOSE_SAMPLE, args.n)
     runs = sample(config, args.delta, seeds, **kw)
     summary = {
@@ -122,11 +128,12 @@ def certify_config_from_args(args: argparse.Namespace):
 
 def cmd_certify(args: argparse.Namespace) -> int:
     from .api import certify
+    from .backends import resolve_device
 
     config = certify_config_from_args(args)
     if args.out:
         _check_writable(args.out, "out")
-    cert = certify(config, backend=args.backend, device=args.device, progress=False if args.quiet else None)
+    cert = certify(config, backend=args.backend, device=resolve_device(args.device), progress=False if args.quiet else None)
     if args.out:
         cert.save(args.out)
     print(cert.summary())

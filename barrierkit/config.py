@@ -147,7 +147,11 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Everything that defines one batch of trajectories except the budget delta and the seeds."""
+    """Everything that defines one batch of trajectories except the budget delta and the seeds.
+
+    ``memory_budget_mb`` only sizes the chunks the engine trains at once (results do not depend
+    on it); unset, it is 2048 MB on the CPU and half the free memory of a CUDA device.
+    """
 
     dataset: str = "digits"
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -155,11 +159,12 @@ class SampleConfig:
     threat: ThreatModel = field(default_factory=ThreatModel)
     attack: SamplingAttack = field(default_factory=SamplingAttack)
     features: FeatureSpec = field(default_factory=FeatureSpec)
-    memory_budget_mb: float = 2048.0
+    memory_budget_mb: float | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "must be a dataset name")
-        _check(_finite(self.memory_budget_mb) and self.memory_budget_mb > 0, "memory_budget_mb", "must be > 0")
+        _check(self.memory_budget_mb is None or (_finite(self.memory_budget_mb) and self.memory_budget_mb > 0),
+               "memory_budget_mb", f"must be a number > 0 (or unset: automatic), got {self.memory_budget_mb!r}")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,7 +179,7 @@ class SampleConfig:
             threat=ThreatModel(**{**d.get("threat", {}), "domain": tuple(d.get("threat", {}).get("domain", (0.0, 1.0)))}),
             attack=SamplingAttack(**d.get("attack", {})),
             features=FeatureSpec(**d.get("features", {})),
-            memory_budget_mb=d.get("memory_budget_mb", 2048.0),
+            memory_budget_mb=d.get("memory_budget_mb"),
         )
 
 

@@ -52,14 +52,30 @@ def bytes_per_trajectory(config: SampleConfig, data: Dataset) -> int:
     b = config.recipe.batch
     activations = b * sum(shape.widths) * item * 4
     poison_tmp = b * data.input_dim * 8 * 12  # float64 rows, int64 Philox words and masks
-    evaluation = max(config.features.probe_size, data.x_test.shape[0]) * sum(shape.widths) * 8 * 3
+    # evaluation sets are shared by all trajectories: only the layers after the input are per run
+    evaluation = max(config.features.probe_size, data.x_test.shape[0]) * sum(shape.widths[1:]) * 8 * 3
     return d * (item * 4 + 8 * 2) + activations + poison_tmp + evaluation
 
 
-def chunk_size(config: SampleConfig, data: Dataset, n: int) -> int:
+CPU_MEMORY_BUDGET_MB = 2048.0
+
+
+def memory_budget_mb(config: SampleConfig, device: torch.device | str = "cpu") -> float:
+    """The chunk budget: the config's, else 2048 MB on the CPU and half the free memory of a CUDA
+    device (large chunks keep every SM busy; results do not depend on the chunking)."""
+    if config.memory_budget_mb is not None:
+        return float(config.memory_budget_mb)
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free / 2**20 / 2
+    return CPU_MEMORY_BUDGET_MB
+
+
+def chunk_size(config: SampleConfig, data: Dataset, n: int, device: torch.device | str = "cpu") -> int:
     """Trajectories per chunk so that one chunk fits the memory budget."""
     per = bytes_per_trajectory(config, data)
-    return max(1, min(n, int(config.memory_budget_mb * 2**20 // per)))
+    return max(1, min(n, int(memory_budget_mb(config, device) * 2**20 // per)))
 
 
 def _validate_seeds(seeds: np.ndarray) -> np.ndarray:
@@ -112,7 +128,7 @@ def sample(
     features = np.empty((n, K + 1, fmap.dim), dtype=np.float64)
     test_acc = np.empty(n, dtype=np.float64)
     fraction = np.zeros(n, dtype=np.float64)
-    size = chunk or chunk_size(config, data, n)
+    size = chunk or chunk_size(config, data, n, device)
     timings = {"reference_s": t_reference, "train_s": 0.0, "features_s": 0.0, "eval_s": 0.0}
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -183,4 +199,4 @@ def versions() -> dict:
     }
 
 
-__all__ = ["sample", "clean_accuracy", "trajectory_seeds", "chunk_size", "bytes_per_trajectory"]
+__all__ = ["sample", "clean_accuracy", "trajectory_seeds", "chunk_size", "bytes_per_trajectory", "memory_budget_mb"]

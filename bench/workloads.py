@@ -6,7 +6,7 @@
 
 Workloads (dtype float32, lr 0.1, no momentum, gradient attack rho 0.5 at delta 0.1, l_inf):
 - ``digits``: MLP 64-32-10, batch 32, scikit-learn's digits (the default recipe)
-- ``mnist``: MLP 784-64-10, batch 64, MNIST-shaped synthetic data (make_synthetic(dim=784))
+- ``mnist``: MLP 784-64-10, batch 64, MNIST-shaped synthetic data (dataset ``synthetic-mnist``)
 - ``deep``: MLP 784-128-128-10, batch 64, the same synthetic data
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from barrierkit.attacks import gradient_directions
 from barrierkit.config import ModelSpec, SampleConfig, TrainRecipe
-from barrierkit.data import Dataset, load_digits, make_synthetic
+from barrierkit.data import Dataset, get_dataset
 from barrierkit.engine import PURPOSE_SAMPLE, chunk_size, trajectory_seeds
 from barrierkit.models import MLPShape
 
@@ -29,7 +29,7 @@ from .baselines import METHODS, Unavailable  # noqa: F401  (re-exported)
 
 @functools.lru_cache(maxsize=None)
 def _dataset(name: str) -> Dataset:
-    return load_digits() if name == "digits" else make_synthetic(dim=784)
+    return get_dataset("digits" if name == "digits" else "synthetic-mnist")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Workload:
     def data(self) -> Dataset:
         return _dataset(self.dataset)
 
-    def sample_config(self, steps: int = 400, dtype: str = "float32", memory_mb: float = 2048.0) -> SampleConfig:
+    def sample_config(self, steps: int = 400, dtype: str = "float32", memory_mb: Optional[float] = None) -> SampleConfig:
         """The recipe (``steps`` only sizes the gradient attack's clean reference run)."""
         every = TrainRecipe.record_every  # the default recipe's, so the reference run is the engine's
         return SampleConfig(dataset="digits" if self.dataset == "digits" else "synthetic-mnist",
@@ -68,14 +68,6 @@ WORKLOADS: Dict[str, Workload] = {
     "mnist": Workload("mnist", "synthetic-784", (64,), 64),
     "deep": Workload("deep", "synthetic-784", (128, 128), 64),
 }
-
-
-def default_memory_mb(device: torch.device) -> float:
-    """The engine's default chunk budget on the CPU; half the free device memory on a GPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free / 2**20 / 2
-    return 2048.0
 
 
 @dataclass
@@ -114,7 +106,7 @@ class Case:
             "classes": self.inputs.shape.n_classes, "batch": r.batch, "lr": r.lr, "momentum": r.momentum,
             "weight_decay": r.weight_decay, "attack": cfg.attack.kind, "norm": threat.norm, "rho": threat.rho,
             "delta": self.inputs.delta, "chunk": self.inputs.chunk if self.method != "loop" else 1,
-            "memory_mb": cfg.memory_budget_mb, "param_count": self.inputs.shape.param_count,
+            "memory_mb": cfg.memory_budget_mb if cfg.memory_budget_mb is not None else "auto", "param_count": self.inputs.shape.param_count,
             "torch_threads": torch.get_num_threads(), "numba_threads": _numba_threads(),
             "backend_meta": self.stepper.meta,
         }
@@ -156,14 +148,13 @@ def setup(workload: Union[str, Workload], method: str, n: int, *, steps: int = 8
     """
     wl = get_workload(workload)
     device = torch.device(device)
-    memory_mb = default_memory_mb(device) if memory_mb is None else memory_mb
     config = wl.sample_config(reference_steps, dtype, memory_mb)
     data = wl.data()
     directions = None
     if delta > 0 and config.threat.rho > 0 and config.attack.kind == "gradient":
         directions = torch.as_tensor(gradient_directions(config, data), device=device)
     seeds = trajectory_seeds(seed, PURPOSE_SAMPLE, n)
-    inputs = baselines.Inputs(config, data, wl.shape, seeds, float(delta), device, chunk_size(config, data, n), directions)
+    inputs = baselines.Inputs(config, data, wl.shape, seeds, float(delta), device, chunk_size(config, data, n, device), directions)
     stepper = baselines.build(method, inputs)
     return Case(wl, method, n, steps, stepper, inputs)
 

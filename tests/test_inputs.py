@@ -71,6 +71,20 @@ def test_content_hash_changes_with_data():
     assert np.all((a.x_train >= 0) & (a.x_train <= 1))
 
 
+def test_synthetic_mean_range_brings_classes_closer():
+    def mean_gap(d):
+        means = np.stack([d.x_train[d.y_train == c].mean(0) for c in range(d.n_classes)])
+        return np.abs(means[0] - means[1]).mean()
+
+    wide = make_synthetic(n_train=400, n_test=10, dim=50, n_classes=2, spread=0.05)
+    narrow = make_synthetic(n_train=400, n_test=10, dim=50, n_classes=2, spread=0.05, mean_range=(0.45, 0.55))
+    assert mean_gap(narrow) < 0.25 * mean_gap(wide)
+    assert np.all(np.abs(narrow.x_train - 0.5) <= 0.05 + 6 * 0.05)
+    for bad in [(0.6, 0.4), (-0.1, 0.5), (0.5, 1.5)]:
+        with pytest.raises(ConfigError, match="mean_range"):
+            make_synthetic(n_train=4, n_test=2, dim=3, mean_range=bad)
+
+
 @pytest.mark.parametrize("args,field", [
     (["--delta", "-1"], "delta"),
     (["--delta", "0.1", "--rho", "2"], "rho"),
@@ -78,6 +92,10 @@ def test_content_hash_changes_with_data():
     (["--delta", "0.1", "--norm", "3"], "norm"),
     (["--delta", "0.1", "--attack", "pgd"], "attack"),
     (["--delta", "0.1", "--dataset", "nope"], "dataset"),
+    (["--delta", "0.1", "--device", "nonsense"], "device"),
+    (["--delta", "0.1", "--device", "meta"], "device"),
+    (["--delta", "0.1", "--memory-mb", "-5"], "memory_budget_mb"),
+    (["--delta", "0.1", "--backend", "jax"], "backend"),
 ])
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, field):
     out = tmp_path / "t.npz"
@@ -100,3 +118,28 @@ def test_cli_sample_writes_trajectories_and_summary(tmp_path, capsys):
     summary = json.loads((tmp_path / "t.json").read_text())
     assert runs.n == 3 and runs.intervals == 2 and summary["n"] == 3 and 0 <= summary["unsafe_fraction"] <= 1
     assert "wrote" in capsys.readouterr().out
+
+
+def test_resolve_device_auto_and_errors():
+    import torch
+
+    from barrierkit.backends import resolve_device
+
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device.*CUDA"):
+            resolve_device("cuda")
+
+
+def test_memory_budget_defaults_to_2048_mb_on_the_cpu(digits):
+    from barrierkit.config import SampleConfig
+    from barrierkit.engine import bytes_per_trajectory, chunk_size, memory_budget_mb
+
+    auto, explicit = SampleConfig(), SampleConfig(memory_budget_mb=2048.0)
+    assert auto.memory_budget_mb is None and memory_budget_mb(auto, "cpu") == 2048.0
+    assert chunk_size(auto, digits, 10**6) == chunk_size(explicit, digits, 10**6) == 2048 * 2**20 // bytes_per_trajectory(auto, digits)
+    assert chunk_size(SampleConfig(memory_budget_mb=1e-3), digits, 50) == 1
+    assert SampleConfig.from_dict(auto.to_dict()) == auto
+    with pytest.raises(ConfigError, match="memory_budget_mb"):
+        SampleConfig(memory_budget_mb=float("nan"))

@@ -42,6 +42,22 @@ def _numba_available() -> bool:
     return True
 
 
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto``: the current CUDA device when one is available, else the CPU; other names as torch
+    parses them (a bad name raises ConfigError naming ``device``)."""
+    if isinstance(name, str) and name.strip().lower() == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError("device", f"unknown device {name!r} (cpu, cuda, cuda:N or auto): {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} asked for CUDA, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError("device", f"only cpu and cuda are supported, got {name!r}")
+    return device
+
+
 def resolve(name: str, device: torch.device | str = "cpu", input_dim: Optional[int] = None,
             hidden: tuple = (32,), batch: int = 32) -> str:
     """The concrete backend ``name`` stands for on ``device`` (``auto`` decides here)."""
@@ -78,4 +94,4 @@ def get_backend(name: str) -> SegmentFn:
     raise ConfigError("backend", f"unknown backend {name!r}; known: {', '.join(BACKENDS)}, auto")
 
 
-__all__ = ["get_backend", "resolve", "choose_cpu_backend", "StepProblem", "TrainState", "BACKENDS"]
+__all__ = ["get_backend", "resolve", "resolve_device", "choose_cpu_backend", "StepProblem", "TrainState", "BACKENDS"]
