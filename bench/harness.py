@@ -1,7 +1,8 @@
-"""The benchmark harness: ``python -m bench throughput | scaling | scp | roofline | all | plot | readme``.
+"""The benchmark harness: ``python -m bench throughput | certify | scaling | scp | roofline | all | plot | readme``.
 
     python -m bench all [--out DIR] [--quick]      # everything; one results file per part + one for all
-    python -m bench throughput [--n 1000] [--certify auto|default|reduced|none]
+    python -m bench throughput [--n 1000] [--certify auto|default|mnist|reduced|none]
+    python -m bench certify [--certify mnist]      # one whole certification, stage by stage
     python -m bench scaling [--ns 250 500 ...]     # time per step against N, fitted exponent
     python -m bench scp [--scp-ns 1000 2000 ...]   # SCP seconds against N_v (bench/scp.py)
     python -m bench roofline [--n 4000]            # measured times beside the step_cost model
@@ -12,11 +13,17 @@ Every case is set up by ``bench.workloads.setup`` (shared with the pytest-benchm
 bench/test_throughput.py). CPU: ``--warmup`` untimed calls then ``--repeats`` timed calls, best
 (min) and median reported; GPU: triton.testing.do_bench (median, quantiles). ``--quick``: tiny
 N and few steps, a check that the harness works (seconds), not a measurement.
+
+Every finished row is also appended to ``PART-partial-STAMP.jsonl`` in --out as it completes, so
+a run cut off by a time limit keeps what it measured; the file is removed once the part's
+results file is written.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import sys
 import traceback
 from typing import Dict, List, Optional
@@ -38,14 +45,40 @@ FULL = {"n": 1000, "n_gpu": 4000, "roofline_n": 4000, "scp_ns": [1000, 2000, 400
         "loop_runs": 16, "reference_steps": 400, "repeats": {"throughput": 5, "scaling": 3, "roofline": 3, "scp": 2}}
 
 
-def reduced_certify_config():
-    """A tiny certification (seconds): the --quick stand-in for the default CertifyConfig."""
+def reduced_certify_config(dataset: str = "digits", hidden: tuple = (32,), batch: int = 32):
+    """A tiny certification (seconds): the --quick stand-in for a full CertifyConfig."""
     from barrierkit.barrier import BarrierConfig
-    from barrierkit.config import CertifyConfig, FeatureSpec, SampleConfig, TrainRecipe
+    from barrierkit.config import CertifyConfig, FeatureSpec, ModelSpec, SampleConfig, TrainRecipe
 
-    sample = SampleConfig(recipe=TrainRecipe(steps=80, record_every=20), features=FeatureSpec(projection_dim=4, probe_size=64))
+    sample = SampleConfig(dataset=dataset, model=ModelSpec(hidden=hidden), recipe=TrainRecipe(steps=80, batch=batch, record_every=20),
+                          features=FeatureSpec(projection_dim=4, probe_size=64))
     return CertifyConfig(sample=sample, alpha=0.1, n_verify=40, n_train=20, n_clean=10, n_pool=10, max_probes=2,
                          epsilon=0.6, beta=0.1, delta_start=0.01, barrier=BarrierConfig(epochs=50))
+
+
+MNIST_SHAPE = {"dataset": "synthetic-mnist", "hidden": (64,), "batch": 64}
+MNIST_N_VERIFY = 4000
+
+
+def mnist_certify_config():
+    """The issue's GPU target: the MNIST-shaped recipe (784-64-10, batch 64, otherwise the default
+    recipe) certified with N_v = 4000 verification runs per probe; every other setting default."""
+    from barrierkit.config import CertifyConfig, ModelSpec, SampleConfig, TrainRecipe
+
+    sample = SampleConfig(dataset=MNIST_SHAPE["dataset"], model=ModelSpec(hidden=MNIST_SHAPE["hidden"]),
+                          recipe=TrainRecipe(batch=MNIST_SHAPE["batch"]))
+    return CertifyConfig(sample=sample, n_verify=MNIST_N_VERIFY)
+
+
+def certify_config(mode: str, quick: bool):
+    """(config, workload name) of a certification mode; --quick shrinks it to seconds, same shape."""
+    from barrierkit.config import CertifyConfig
+
+    if mode == "mnist":
+        return (reduced_certify_config(**MNIST_SHAPE) if quick else mnist_certify_config()), "mnist"
+    if mode == "reduced" or quick:
+        return reduced_certify_config(), "digits"
+    return CertifyConfig(), "digits"
 
 
 # ----------------------------------------------------------------------------- settings
@@ -70,6 +103,14 @@ class Settings:
         self.scp_ns = args.scp_ns or d["scp_ns"]
         self.workloads = args.workloads or list(WORKLOADS)
         self._roofs: Optional[Dict] = None
+        self.row_log: Optional[str] = None
+
+    def record(self, row: Dict) -> Dict:
+        """Append one finished row to the part's partial log (kept if the run is cut off)."""
+        if self.row_log:
+            with open(self.row_log, "a") as fh:
+                fh.write(json.dumps(row, default=str) + "\n")
+        return row
 
     def repeats(self, part: str) -> int:
         if self.args.repeats:
@@ -140,7 +181,7 @@ def run_case(s: Settings, part: str, workload: str, method: str, n: int) -> Dict
         del case
         if s.cuda:
             torch.cuda.empty_cache()
-    return row
+    return s.record(row)
 
 
 # ----------------------------------------------------------------------------- the parts
@@ -158,31 +199,38 @@ def run_throughput(s: Settings) -> List[Dict]:
             if loop and r["status"] == "ok":
                 r["speedup_vs_loop"] = r["steps_per_s_median"] / loop["steps_per_s_median"]
         rows += part
+    if s.args.certify != "none":
+        rows += run_certifications(s)
+    return rows
+
+
+def run_certifications(s: Settings) -> List[Dict]:
     mode = s.args.certify
+    if mode == "none":
+        return []
     if mode == "auto":
         mode = "reduced" if s.quick else "default"
-    if mode != "none":
-        rows.append(run_certify(s, mode))
-    return rows
+    return [run_certify(s, mode)]
 
 
 def run_certify(s: Settings, mode: str) -> Dict:
     """A whole certification: certifications and certified probes per hour, stage timings."""
     from barrierkit.api import certify
     from barrierkit.cli import profile_stages, profile_table
-    from barrierkit.config import CertifyConfig
 
-    cfg = reduced_certify_config() if mode == "reduced" else CertifyConfig()
-    row: Dict = {"benchmark": "certify", "certify_config": mode, "device": str(s.device), "workload": "digits",
-                 "method": "certify", "n": cfg.n_verify}
-    print(f"certify ({mode} CertifyConfig: N_v={cfg.n_verify}, {cfg.sample.recipe.steps} steps, at most {cfg.max_probes} probes)", flush=True)
+    cfg, workload = certify_config(mode, s.quick)
+    row: Dict = {"benchmark": "certify", "certify_config": mode + (" (quick)" if s.quick else ""), "device": str(s.device),
+                 "workload": workload, "method": "certify", "n": cfg.n_verify,
+                 "model": f"{cfg.sample.dataset} {'-'.join(map(str, cfg.sample.model.hidden))} batch {cfg.sample.recipe.batch}"}
+    print(f"certify ({row['certify_config']}: {row['model']}, N_v={cfg.n_verify}, {cfg.sample.recipe.steps} steps, "
+          f"at most {cfg.max_probes} probes)", flush=True)
     try:
         with PeakMemory(s.device) as mem:
             doc = certify(cfg, backend="auto", device=str(s.device), progress=False).doc
     except Exception as exc:
         row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
         traceback.print_exc()
-        return row
+        return s.record(row)
     t = doc["timings"]
     total = float(t["total_s"])
     probes = doc["probes"]
@@ -199,7 +247,7 @@ def run_certify(s: Settings, mode: str) -> Dict:
     print(f"  {doc['status']}: {len(probes)} probes ({certified} certified) in {total:.1f} s: "
           f"{row['certifications_per_hour']:.3g} certifications/h, {row['certified_probes_per_hour']:.3g} certified probes/h")
     print("  " + profile_table(doc).replace("\n", "\n  "), flush=True)
-    return row
+    return s.record(row)
 
 
 def run_scaling(s: Settings) -> List[Dict]:
@@ -252,19 +300,26 @@ def run_roofline(s: Settings) -> List[Dict]:
     return rows
 
 
-PARTS = {"throughput": run_throughput, "scaling": run_scaling, "scp": run_scp, "roofline": run_roofline}
+PARTS = {"throughput": run_throughput, "certify": run_certifications, "scaling": run_scaling, "scp": run_scp,
+         "roofline": run_roofline}
+ALL_PARTS = ["throughput", "scaling", "scp", "roofline"]  # throughput runs the certification itself
 
 
 def run_parts(s: Settings, parts: List[str]) -> List[str]:
     machine = describe()
     machine["numba_threads"] = _numba_threads()
     written, all_rows = [], []
+    os.makedirs(s.args.out, exist_ok=True)
     for part in parts:
+        s.row_log = os.path.join(s.args.out, f"{part}-partial-{report._stamp()}.jsonl")
         rows = PARTS[part](s)
         doc = report.document(part, rows, machine, s.config(part), s.quick)
         if part == "roofline":
             doc["config"]["roofs"] = s.roofs()
         path, csv_path = report.write_results(doc, s.args.out)
+        if os.path.exists(s.row_log):
+            os.unlink(s.row_log)
+        s.row_log = None
         print(f"wrote {path} and {csv_path}", flush=True)
         written.append(path)
         all_rows += rows
@@ -306,12 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--delta", type=float, default=0.1, help="poisoning budget of the timed runs (default 0.1)")
     g.add_argument("--gpu-warmup-ms", type=float, default=50.0, help="do_bench warm-up (ms)")
     g.add_argument("--gpu-rep-ms", type=float, default=300.0, help="do_bench timed span (ms)")
-    g = common.add_argument_group("throughput and roofline")
+    g = common.add_argument_group("throughput, certify and roofline")
     g.add_argument("--n", type=int, default=None, help="trajectories (throughput default 1000 on CPU, 4000 on GPU; roofline 4000; quick 4)")
     g.add_argument("--loop-runs", type=int, default=None, help="runs of the per-trajectory loop (default 16; quick 2)")
-    g.add_argument("--certify", choices=["auto", "default", "reduced", "none"], default="auto",
-                   help="throughput's certification run: default CertifyConfig, the reduced one, or none "
-                        "(auto: reduced with --quick, else default)")
+    g.add_argument("--certify", choices=["auto", "default", "mnist", "reduced", "none"], default="auto",
+                   help="the certification run (throughput's last row, and the certify part): default "
+                        "CertifyConfig (digits), mnist (784-64-10, batch 64, N_v=4000), the reduced one, or none "
+                        "(auto: reduced with --quick, else default; --quick shrinks mnist to seconds)")
     g.add_argument("--peak-gflops", type=float, default=None, help="FLOP roof (GFLOP/s) for roofline fractions on a CPU")
     g.add_argument("--peak-gbps", type=float, default=None, help="bandwidth roof (GB/s) for roofline fractions on a CPU")
     g = common.add_argument_group("scaling and scp")
@@ -323,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     for name, text in (("throughput", "trajectory-steps/s of every method on every workload, and a certification"),
+                       ("certify", "one whole certification (--certify picks which): per hour, stage by stage"),
                        ("scaling", "time per step against N with the fitted exponent"),
                        ("scp", "SCP seconds against N_v"),
                        ("roofline", "measured step times beside the FLOP/byte model (fractions of the roofs on GPU)"),
@@ -361,7 +418,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     previous = pin_threads(args.threads)
     s = Settings(args)
-    parts = list(PARTS) if args.command == "all" else [args.command]
+    parts = list(ALL_PARTS) if args.command == "all" else [args.command]
     try:
         run_parts(s, parts)
     finally:

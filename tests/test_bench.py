@@ -69,6 +69,33 @@ def test_quick_throughput_covers_every_workload_method_and_certify(results):
     assert math.isclose(sum(v["share"] for k, v in cert[0]["stages"].items() if k != "total"), 1.0, rel_tol=1e-6)
 
 
+def test_quick_mnist_certification_part(tmp_path):
+    """``python -m bench certify --certify mnist``: the MNIST-shaped (784-64-10, batch 64) run."""
+    from bench.harness import MNIST_N_VERIFY, mnist_certify_config
+
+    assert bench_main(["certify", "--quick", "--certify", "mnist", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    (path,) = glob.glob(str(tmp_path / "certify-*.json"))
+    (row,) = json.load(open(path))["rows"]
+    assert row["workload"] == "mnist" and row["model"] == "synthetic-mnist 64 batch 64", row
+    assert row["status"] in ("CERTIFIED", "REFUTED", "INCONCLUSIVE") and row["certifications_per_hour"] > 0
+    assert not glob.glob(str(tmp_path / "*partial*")), "the partial row log is removed once the results file exists"
+    full = mnist_certify_config()
+    assert full.n_verify == MNIST_N_VERIFY == 4000 and full.sample.recipe.batch == 64 and full.sample.model.hidden == (64,)
+
+
+def test_rows_survive_a_run_cut_off_before_the_results_file(tmp_path, monkeypatch):
+    def cut_off(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_results", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        bench_main(["roofline", "--quick", "--workloads", "digits", "--methods", "torch", "numba", "--device", "cpu",
+                    "--out", str(tmp_path)])
+    (log,) = glob.glob(str(tmp_path / "roofline-partial-*.jsonl"))
+    rows = [json.loads(line) for line in open(log)]
+    assert [(r["workload"], r["method"], r["status"]) for r in rows] == [("digits", "torch", "ok"), ("digits", "numba", "ok")]
+
+
 def test_quick_scaling_and_scp_fit_exponents(results):
     rows = json.load(open(results["scaling"][0]))["rows"]
     fits = [r for r in rows if r["benchmark"] == "scaling_fit"]
