@@ -146,8 +146,14 @@ class FuncStepper(Stepper):
             return torch.nn.functional.cross_entropy(functional_call(base, (params, buffers), (x,)), y)
 
         grads = vmap(grad(loss), in_dims=(0, 0, 0, 0))
+        if compiled:
+            # Dynamo keys its cache on vmap's shared wrapper code: without a reset every new stepper
+            # and chunk size adds an entry, and past the recompile limit it silently runs eagerly.
+            torch._dynamo.reset()
         self.grads = torch.compile(grads, dynamic=False) if compiled else grads
         self.meta = {"backend": "torch.func+compile" if compiled else "torch.func", "torch": torch.__version__}
+        if compiled:
+            self.meta["dynamo_reset"] = True
 
     def advance(self, t0: int, t1: int) -> None:
         for keys, state, buffers, problem in self.parts:

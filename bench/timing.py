@@ -41,8 +41,35 @@ def time_cpu(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Dic
     return _summary(times, "perf_counter")
 
 
+def _from_quantiles(ms: List[float], timer: str) -> Dict:
+    """do_bench's (min, q20, median, q80, max) in ms, stored as quantiles (not as 5 samples)."""
+    lo, q20, med, q80, hi = (m / 1e3 for m in ms)
+    return {"min_s": lo, "median_s": med, "q20_s": q20, "q80_s": q80, "max_s": hi, "samples": None, "timer": timer}
+
+
+def _one_call_ms(fn: Callable[[], object]) -> float:
+    """One call timed with CUDA events (also the first warm-up call)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return max(start.elapsed_time(end), 1e-3)
+
+
+MIN_GPU_SAMPLES = 5
+
+
 def time_gpu(fn: Callable[[], object], warmup_ms: float = 50.0, rep_ms: float = 300.0) -> Dict:
-    """Seconds per call of ``fn`` on the current CUDA device (no per-iteration sync)."""
+    """Seconds per call of ``fn`` on the current CUDA device (no per-iteration sync).
+
+    The timed span is stretched to at least MIN_GPU_SAMPLES calls, so a slow method's median is
+    never a single sample.
+    """
+    estimate = _one_call_ms(fn)
+    rep_ms = max(rep_ms, MIN_GPU_SAMPLES * estimate * 1.2)
+    warmup_ms = max(warmup_ms, estimate)
     try:
         from triton.testing import do_bench
     except ImportError:
@@ -52,20 +79,14 @@ def time_gpu(fn: Callable[[], object], warmup_ms: float = 50.0, rep_ms: float = 
             ms = do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
         except (AssertionError, TypeError, ValueError):  # an older Triton without return_mode="all"
             ms = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.0, 0.2, 0.5, 0.8, 1.0])
+            return _from_quantiles(list(ms), "triton.testing.do_bench (quantiles)")
         return _summary([m / 1e3 for m in ms], "triton.testing.do_bench")
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize()
-    estimate = max(start.elapsed_time(end), 1e-3)
     for _ in range(max(1, int(warmup_ms / estimate))):
         fn()
-    iters = max(1, int(rep_ms / estimate / 5))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    iters = max(1, int(rep_ms / estimate / MIN_GPU_SAMPLES))
     times = []
-    for _ in range(5):
+    for _ in range(MIN_GPU_SAMPLES):
         start.record()
         for _ in range(iters):
             fn()

@@ -216,3 +216,59 @@ def test_engine_steps_still_runs(tmp_path):
 
     result = main(["--n", "4", "--repeats", "1", "--loop-runs", "1", "--out", str(tmp_path)])
     assert result["rows"][0]["loop_steps_per_s"] > 0 and glob.glob(str(tmp_path / "engine_steps-*.json"))
+
+
+class _FakeEvent:
+    """perf_counter stand-in for torch.cuda.Event (the GPU timing logic, tested without a GPU)."""
+
+    def __init__(self, enable_timing=True):
+        self.t = None
+
+    def record(self):
+        import time
+
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, other):
+        return (other.t - self.t) * 1e3
+
+
+@pytest.mark.parametrize("triton_mode", ["all", "quantiles_only", "missing"])
+def test_gpu_timing_logic_without_a_gpu(monkeypatch, triton_mode):
+    import sys
+    import time
+    import types
+
+    import torch
+
+    from bench import timing
+
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    seen = {}
+
+    def fake_do_bench(fn, warmup, rep, quantiles=None, return_mode="mean"):
+        seen.update(warmup=warmup, rep=rep)
+        if triton_mode == "quantiles_only":
+            if return_mode == "all":
+                raise TypeError("return_mode")
+            return [1.0, 2.0, 3.0, 4.0, 5.0]
+        return [10.0, 12.0, 11.0, 13.0, 9.0, 10.5]
+
+    module = types.ModuleType("triton.testing")
+    module.do_bench = fake_do_bench
+    if triton_mode == "missing":
+        monkeypatch.setitem(sys.modules, "triton.testing", None)
+    else:
+        monkeypatch.setitem(sys.modules, "triton.testing", module)
+    calls = []
+    result = timing.time_gpu(lambda: (calls.append(1), time.sleep(0.02)), warmup_ms=1.0, rep_ms=1.0)
+    if triton_mode == "all":
+        assert result["samples"] == 6 and result["median_s"] == pytest.approx(0.01075) and result["min_s"] == 0.009
+        assert seen["rep"] >= timing.MIN_GPU_SAMPLES * 20.0 and seen["warmup"] >= 20.0  # stretched to >= 5 calls
+    elif triton_mode == "quantiles_only":
+        assert result["samples"] is None and (result["min_s"], result["median_s"], result["max_s"]) == (0.001, 0.003, 0.005)
+        assert "quantiles" in result["timer"]
+    else:
+        assert result["timer"] == "cuda events" and result["samples"] == timing.MIN_GPU_SAMPLES
+        assert 0.015 < result["median_s"] < 0.2 and len(calls) >= 1 + timing.MIN_GPU_SAMPLES
