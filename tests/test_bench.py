@@ -272,3 +272,14 @@ def test_gpu_timing_logic_without_a_gpu(monkeypatch, triton_mode):
     else:
         assert result["timer"] == "cuda events" and result["samples"] == timing.MIN_GPU_SAMPLES
         assert 0.015 < result["median_s"] < 0.2 and len(calls) >= 1 + timing.MIN_GPU_SAMPLES
+
+
+def test_gpu_check_script_parses_and_rejects_an_unknown_stage(tmp_path):
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "gpu_check.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    done = subprocess.run(["bash", script, "warp-drive"], capture_output=True, text=True, env={**os.environ, "OUT": str(tmp_path)})
+    assert done.returncode == 2 and "unknown stage warp-drive" in done.stdout
+    for stage in ("preflight", "cudatests", "memcheck", "certify", "kerneltests", "throughput", "scaling"):
+        assert stage in done.stdout
