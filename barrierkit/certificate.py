@@ -132,6 +132,8 @@ def summary_text(doc: Dict[str, Any]) -> str:
         eps = f"ε={p['epsilon']:.4g}" if p.get("epsilon") is not None else "ε=–"
         lines.append(f"  δ={p['delta']:<8.4g} {p['status']:<12} unsafe {p['n_unsafe_verify']}/{p['n_verify']} verify, "
                      f"{p['n_unsafe_train']}/{p['n_train']} train  {eps}  direct {'pass' if p['direct']['passed'] else 'fail'}")
+        if (p.get("train_consistency") or {}).get("contradicts"):
+            lines.append(f"    the training split contradicts ε: unsafe rate ≥ {p['train_consistency']['rate_lower_bound']:.4g}")
     ctx = doc.get("context")
     if ctx:
         lines += ["", "The radius in context:"]
@@ -188,7 +190,12 @@ def _check_probe(p: Dict[str, Any], cfg: Dict[str, Any], beta_probe: float) -> L
             problems.append(f"{tag}: stored margins are incomplete or non-finite")
         elif not _close(max(margins + [v["pool_margin"]]), p["eta_check"], 1e-12):
             problems.append(f"{tag}: eta_check {p['eta_check']} differs from the stored margins' max")
+    tc = p.get("train_consistency")
     if p["status"] == "CERTIFIED":
+        if tc is None or (tc["n_unsafe"], tc["n"]) != (p["n_unsafe_train"], p["n_train"]):
+            problems.append(f"{tag}: CERTIFIED without the training split's consistency check")
+        elif pac.rate_lower_bound(tc["n_unsafe"], tc["n"], beta_probe) > p["epsilon"]:
+            problems.append(f"{tag}: CERTIFIED although {tc['n_unsafe']}/{tc['n']} unsafe training runs contradict epsilon {p['epsilon']}")
         if v is None or v["solver_status"] != "optimal":
             problems.append(f"{tag}: CERTIFIED without an OPTIMAL solver status")
         elif not (p["eta_check"] is not None and p["eta_check"] < -cfg["tau"] and v["rounding_bound"] < cfg["tau"]):

@@ -18,7 +18,7 @@ from numbers import Integral
 
 import numpy as np
 from scipy.optimize import brentq
-from scipy.special import betaincc, betainccinv, gammaln, logsumexp
+from scipy.special import betaincc, betainccinv, betaincinv, gammaln, logsumexp
 
 __all__ = [
     "PacBound",
@@ -173,3 +173,16 @@ class PacBound:
     def a_priori(cls, n: int, d: int, beta: float) -> "PacBound":
         """The exact a-priori bound of :func:`epsilon`."""
         return cls(n=int(n), d=int(d), beta=float(beta), eps=epsilon(n, d, beta))
+
+
+def rate_lower_bound(k: int, n: int, beta: float) -> float:
+    """One-sided Clopper-Pearson lower bound on a Bernoulli rate from k events in n trials:
+    P(rate < bound) <= beta. 0 when k = 0. (The beta quantile of Beta(k, n - k + 1).)"""
+    n_ = _check_int("n", n, 1)
+    k_ = _check_int("k", k, 0)
+    b = _check_open_unit("beta", beta)
+    if k_ > n_:
+        raise ValueError(f"k must satisfy k <= n (k={k_}, n={n_})")
+    if k_ == 0:
+        return 0.0
+    return float(betaincinv(k_, n_ - k_ + 1, b))

@@ -144,11 +144,17 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
     status, reason = verdict.status, verdict.reason
     if status == "CERTIFIED" and eps > cfg.epsilon:
         status, reason = "INCONCLUSIVE", f"epsilon {eps:.4g} exceeds the requested {cfg.epsilon:g}"
+    consistency = training_split_consistency(int(u_train.sum()), train.n, eps, beta_probe)
+    if status == "CERTIFIED" and consistency["contradicts"]:
+        status, reason = "INCONCLUSIVE", (
+            f"the training split's unsafe rate is at least {consistency['rate_lower_bound']:.4g} at confidence "
+            f"1 - {beta_probe:.3g} ({consistency['n_unsafe']}/{consistency['n']} runs), above epsilon {eps:.4g}: "
+            "the independent training runs contradict the certificate")
     vd = verdict.to_dict()
     record.update(
         status=status, reason=reason, epsilon=eps, epsilon_a_posteriori=eps_post, d=verdict.d,
         n_support=verdict.n_support, eta_star=vd["eta_star"], eta_check=vd["eta_check"], tau=cfg.tau,
-        pool_size=int(len(pool)), psi_backend=psi_backend,
+        pool_size=int(len(pool)), psi_backend=psi_backend, train_consistency=consistency,
         verdict={k: vd[k] for k in ("solver", "solver_status", "fell_back", "w", "gamma", "c", "c_clamped",
                                      "n_rows_total", "n_rows_used", "cg_rounds", "solve_seconds", "rounding_bound",
                                      "objective", "pool_margin", "trajectory_margins", "support_indices")},
@@ -156,6 +162,20 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
                  "out_dim": barrier.out_dim, "trunk": barrier.to_dict()},
     )
     return record
+
+
+def training_split_consistency(n_unsafe: int, n: int, epsilon: float, beta: float) -> Dict[str, Any]:
+    """Do the probe's training runs contradict a certificate at level epsilon?
+
+    The training split is an i.i.d. sample of the same runs, independent of the verification
+    split. If the certificate holds, an unsafe rate above epsilon is impossible, and the training
+    split shows one (Clopper-Pearson lower bound at confidence 1 - beta above epsilon) with
+    probability at most beta. A contradicted CERTIFIED becomes INCONCLUSIVE: more conservative,
+    so never less sound.
+    """
+    lower = pac.rate_lower_bound(n_unsafe, n, beta)
+    return {"n_unsafe": int(n_unsafe), "n": int(n), "beta": float(beta), "rate_lower_bound": lower,
+            "contradicts": bool(lower > epsilon)}
 
 
 def _summary(x: np.ndarray) -> Dict[str, float]:

@@ -40,12 +40,38 @@ def planted_context(digits):
     return ctx
 
 
-def test_tiny_budget_certifies(planted_context):
-    record = run_probe(planted_context, 0.01, 0)
+@pytest.fixture(scope="module")
+def tiny_budget_record(planted_context):
+    return run_probe(planted_context, 0.01, 0)
+
+
+def test_tiny_budget_certifies(planted_context, tiny_budget_record):
+    record = tiny_budget_record
     assert record["n_unsafe_verify"] == 0
     assert record["status"] == "CERTIFIED", record["reason"]
     assert record["eta_check"] < -record["tau"] and record["verdict"]["solver_status"] == "optimal"
     assert record["epsilon"] <= planted_context.config.epsilon and record["direct"]["passed"]
+    assert record["train_consistency"] == {"n_unsafe": 0, "n": 80, "beta": record["beta"], "rate_lower_bound": 0.0,
+                                           "contradicts": False}
+
+
+def test_unsafe_training_runs_that_contradict_epsilon_block_certified(planted_context, tiny_budget_record):
+    """A CERTIFIED probe whose independent training split shows an unsafe rate above epsilon (at
+    confidence 1 - beta/K_max) is downgraded by the probe, and a forged one is caught by verify."""
+    from barrierkit.certificate import _check_probe
+    from barrierkit.probe import training_split_consistency
+
+    cfg = planted_context.config
+    record = json.loads(json.dumps(tiny_budget_record))
+    assert _check_probe(record, cfg.to_dict(), cfg.beta_per_probe) == []
+    eps, beta = record["epsilon"], record["beta"]
+    assert not training_split_consistency(1, 80, eps, beta)["contradicts"]  # one unsafe run is consistent
+    heavy = training_split_consistency(60, 80, eps, beta)
+    assert heavy["contradicts"] and heavy["rate_lower_bound"] > eps
+    forged = dict(record, n_unsafe_train=60, train_consistency=dict(heavy, contradicts=False))
+    assert any("contradict" in p for p in _check_probe(forged, cfg.to_dict(), cfg.beta_per_probe))
+    missing = dict(record, train_consistency=None)
+    assert any("consistency check" in p for p in _check_probe(missing, cfg.to_dict(), cfg.beta_per_probe))
 
 
 def test_destructive_budget_is_refuted_with_a_replayable_witness(digits):

@@ -14,6 +14,7 @@ from barrierkit.pac import (
     epsilon_a_posteriori,
     epsilon_discarded,
     n_min,
+    rate_lower_bound,
     violation_confidence,
 )
 
@@ -134,3 +135,17 @@ def test_pac_bound() -> None:
 def test_bad_inputs_name_the_argument(call, name: str) -> None:
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
         call()
+
+
+@pytest.mark.parametrize("k,n,beta", [(1, 10, 0.05), (3, 500, 1.25e-5), (30, 500, 1e-3), (500, 500, 0.01)])
+def test_rate_lower_bound_is_clopper_pearson(k, n, beta):
+    lower = rate_lower_bound(k, n, beta)
+    assert 0 < lower < k / n or (k == n and lower == pytest.approx(beta ** (1 / n)))
+    assert binom.sf(k - 1, n, lower) == pytest.approx(beta, rel=1e-8)  # P(X >= k | rate = lower) = beta
+
+
+def test_rate_lower_bound_edges_and_errors():
+    assert rate_lower_bound(0, 100, 0.01) == 0.0
+    for args in [(5, 4, 0.1), (-1, 4, 0.1), (1, 4, 0.0), (1, 0, 0.1)]:
+        with pytest.raises(ValueError):
+            rate_lower_bound(*args)
