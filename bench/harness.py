@@ -115,7 +115,7 @@ class Settings:
     def repeats(self, part: str) -> int:
         if self.args.repeats:
             return self.args.repeats
-        return QUICK["repeats"] if self.quick else FULL["repeats"][part]
+        return QUICK["repeats"] if self.quick else FULL["repeats"].get(part, 1)
 
     def methods(self, part: str) -> List[str]:
         if self.args.methods:
@@ -232,7 +232,10 @@ def run_certify(s: Settings, mode: str) -> Dict:
           f"at most {cfg.max_probes} probes)", flush=True)
     try:
         with PeakMemory(s.device) as mem:
-            doc = certify(cfg, backend="auto", device=str(s.device), progress=False).doc
+            cert = certify(cfg, backend="auto", device=str(s.device), progress=False)
+        doc = cert.doc
+        cert_path = os.path.join(s.args.out, f"certificate-{mode}{'-quick' if s.quick else ''}-{report._stamp()}.json")
+        cert.save(cert_path)  # the whole document: every probe's verdict, re-checkable with `barrierkit verify`
     except Exception as exc:
         row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
         traceback.print_exc()
@@ -249,9 +252,17 @@ def run_certify(s: Settings, mode: str) -> Dict:
         trajectory_steps_per_s=doc["throughput"]["trajectory_steps_per_s"],
         stages={name: {"seconds": sec, "share": share} for name, sec, share in profile_stages(doc)},
         certify_settings={k: cfg.to_dict()[k] for k in ("n_verify", "n_train", "n_clean", "n_pool", "max_probes", "epsilon", "beta")}
-        | {"steps": cfg.sample.recipe.steps}, **mem.result)
+        | {"steps": cfg.sample.recipe.steps}, certificate=os.path.basename(cert_path),
+        delta_direct=doc["radii"]["delta_direct"],
+        probe_path=[{"delta": p["delta"], "status": p["status"], "unsafe_verify": p["n_unsafe_verify"],
+                     "unsafe_train": p["n_unsafe_train"], "epsilon": p.get("epsilon"), "eta_check": p.get("eta_check"),
+                     "reason": p.get("reason")} for p in probes], **mem.result)
     print(f"  {doc['status']}: {len(probes)} probes ({certified} certified) in {total:.1f} s: "
           f"{row['certifications_per_hour']:.3g} certifications/h, {row['certified_probes_per_hour']:.3g} certified probes/h")
+    for p in row["probe_path"]:
+        print(f"    δ={p['delta']:<8.4g} {p['status']:<12} unsafe {p['unsafe_verify']} verify / {p['unsafe_train']} train"
+              + (f"  ({p['reason']})" if p["status"] != "CERTIFIED" and p["reason"] else ""))
+    print(f"  certificate: {cert_path}")
     print("  " + profile_table(doc).replace("\n", "\n  "), flush=True)
     return s.record(row)
 

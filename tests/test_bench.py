@@ -79,8 +79,20 @@ def test_quick_mnist_certification_part(tmp_path):
     assert row["workload"] == "mnist" and row["model"] == "synthetic-mnist 64 batch 64", row
     assert row["status"] in ("CERTIFIED", "REFUTED", "INCONCLUSIVE") and row["certifications_per_hour"] > 0
     assert not glob.glob(str(tmp_path / "*partial*")), "the partial row log is removed once the results file exists"
+    assert [p["delta"] for p in row["probe_path"]] and all(p["status"] for p in row["probe_path"])
+    assert cli_main(["verify", str(tmp_path / row["certificate"])]) == 0, "the saved certificate re-checks"
     full = mnist_certify_config()
     assert full.n_verify == MNIST_N_VERIFY == 4000 and full.sample.recipe.batch == 64 and full.sample.model.hidden == (64,)
+
+
+@pytest.mark.parametrize("part", ["throughput", "certify", "scaling", "scp", "roofline", "all"])
+def test_full_settings_describe_every_part(part):
+    """The non-quick settings (what a real run records beside its rows) exist for every part."""
+    from bench.harness import Settings, build_parser
+
+    args = build_parser().parse_args([part, "--device", "cpu"])
+    config = Settings(args).config(part)
+    assert config["part"] == part and config["quick"] is False and (config["repeats"] or part == "all")
 
 
 def test_rows_survive_a_run_cut_off_before_the_results_file(tmp_path, monkeypatch):
