@@ -26,6 +26,9 @@ def results(tmp_path_factory):
         assert bench_main([part, "--quick", "--out", str(out), *extra]) == 0
         for path in glob.glob(str(out / "*.json")):
             name = os.path.basename(path).split("-")[0]
+            if name == "certificate":  # the certification's own document, saved beside the results
+                assert part in ("throughput", "all") and json.load(open(path))["status"]
+                continue
             written[part if part != "all" else f"all/{name}"] = (path, path[:-5] + ".csv")
     return written
 
