@@ -124,5 +124,5 @@ def poison_batch(spec: PoisonSpec, x_clean: torch.Tensor, idx: torch.Tensor, dty
     mask = spec.point_mask.gather(1, idx) if spec.point_mask is not None else subset_mask(spec.seeds, idx, spec.rho)
     delta = perturbation(spec, idx, x_clean.shape[-1])
     lo, hi = spec.domain
-    x = torch.where(mask.unsqueeze(-1), (x_clean + delta).clamp(lo, hi), x_clean)
-    return x.to(dtype)
+    poisoned = (x_clean + delta).clamp_(lo, hi)  # in place: one [N, B, D] float64 temporary fewer
+    return torch.where(mask.unsqueeze(-1), poisoned, x_clean).to(dtype)
