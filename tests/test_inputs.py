@@ -71,18 +71,33 @@ def test_content_hash_changes_with_data():
     assert np.all((a.x_train >= 0) & (a.x_train <= 1))
 
 
-def test_synthetic_mean_range_brings_classes_closer():
+def test_synthetic_mean_width_brings_classes_closer():
     def mean_gap(d):
         means = np.stack([d.x_train[d.y_train == c].mean(0) for c in range(d.n_classes)])
         return np.abs(means[0] - means[1]).mean()
 
     wide = make_synthetic(n_train=400, n_test=10, dim=50, n_classes=2, spread=0.05)
-    narrow = make_synthetic(n_train=400, n_test=10, dim=50, n_classes=2, spread=0.05, mean_range=(0.45, 0.55))
+    narrow = make_synthetic(n_train=400, n_test=10, dim=50, n_classes=2, spread=0.05, mean_low=0.45, mean_width=0.1)
     assert mean_gap(narrow) < 0.25 * mean_gap(wide)
     assert np.all(np.abs(narrow.x_train - 0.5) <= 0.05 + 6 * 0.05)
-    for bad in [(0.6, 0.4), (-0.1, 0.5), (0.5, 1.5)]:
-        with pytest.raises(ConfigError, match="mean_range"):
-            make_synthetic(n_train=4, n_test=2, dim=3, mean_range=bad)
+    for bad, field in [({"mean_low": -0.1}, "mean_low"), ({"mean_low": 1.0}, "mean_low"), ({"mean_width": 0.0}, "mean_width"),
+                       ({"mean_low": 0.5, "mean_width": 0.6}, "mean_width"), ({"mean_width": "wide"}, "mean_width")]:
+        with pytest.raises(ConfigError, match=field):
+            make_synthetic(n_train=4, n_test=2, dim=3, **bad)
+
+
+SYNTHETIC_MNIST_HASH = "c1818561f9703b3544bf9bacb53142685abb68895bc3db33a0db4b48435451d7"
+
+
+def test_synthetic_datasets_keep_their_bits():
+    """Content hashes pinned when the datasets were defined: a change would silently break the
+    replay of every result and witness made on them."""
+    from barrierkit.data import get_dataset
+
+    assert get_dataset("synthetic").content_hash == "5d7bda65a43d5be201dbf5000e2a7959709f688d1db37c985a38105d5e4b906a"
+    small = make_synthetic(n_train=150, n_test=60, dim=13, n_classes=3, spread=0.2, seed=3)
+    assert small.content_hash == "c4863c7c4d74f4fb74f8ca86cc0b3d7b50a25a3ba2ab5438f832756440cfd2cb"
+    assert get_dataset("synthetic-mnist").content_hash == SYNTHETIC_MNIST_HASH
 
 
 @pytest.mark.parametrize("args,field", [
