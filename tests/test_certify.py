@@ -70,8 +70,20 @@ def test_unsafe_training_runs_that_contradict_epsilon_block_certified(planted_co
     assert heavy["contradicts"] and heavy["rate_lower_bound"] > eps
     forged = dict(record, n_unsafe_train=60, train_consistency=dict(heavy, contradicts=False))
     assert any("contradict" in p for p in _check_probe(forged, cfg.to_dict(), cfg.beta_per_probe))
-    missing = dict(record, train_consistency=None)
-    assert any("consistency check" in p for p in _check_probe(missing, cfg.to_dict(), cfg.beta_per_probe))
+    old_format = {k: v for k, v in record.items() if k != "train_consistency"}  # made before the check existed
+    assert _check_probe(old_format, cfg.to_dict(), cfg.beta_per_probe) == []
+    assert any("contradict" in p for p in _check_probe(dict(old_format, n_unsafe_train=60), cfg.to_dict(), cfg.beta_per_probe))
+    mismatched = dict(record, train_consistency=dict(record["train_consistency"], n_unsafe=3))
+    assert any("does not match" in p for p in _check_probe(mismatched, cfg.to_dict(), cfg.beta_per_probe))
+
+
+def test_probe_downgrades_a_contradicted_certificate(planted_context, monkeypatch):
+    from barrierkit import pac
+
+    monkeypatch.setattr(pac, "rate_lower_bound", lambda k, n, beta: 1.0)  # as if every training run were unsafe
+    record = run_probe(planted_context, 0.01, 0)
+    assert record["status"] == "INCONCLUSIVE" and "contradict" in record["reason"]
+    assert record["train_consistency"]["contradicts"] and record["eta_check"] < -record["tau"]
 
 
 def test_destructive_budget_is_refuted_with_a_replayable_witness(digits):
