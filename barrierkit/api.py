@@ -31,7 +31,7 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
     start = time.perf_counter()
     data = data if data is not None else get_dataset(config.sample.dataset)
     scfg = config.sample
-    backend = resolve(backend, device, data.input_dim, scfg.model.hidden, scfg.recipe.batch)
+    backend = resolve(backend, device, data.input_dim, scfg.model.hidden, scfg.recipe.batch, scfg.recipe.dtype)
     tic = time.perf_counter()
     g_clean, clean = clean_accuracy(scfg, config.n_clean, config.seed, data=data, backend=backend, device=device, progress=progress)
     clean_s = time.perf_counter() - tic

@@ -106,7 +106,7 @@ def sample(
     if config.recipe.batch > data.x_train.shape[0]:
         raise ConfigError("batch", f"must be <= the number of training points ({data.x_train.shape[0]})")
     device = torch.device(device)
-    backend = resolve(backend, device, data.input_dim, config.model.hidden, config.recipe.batch)
+    backend = resolve(backend, device, data.input_dim, config.model.hidden, config.recipe.batch, config.recipe.dtype)
     step_fn = get_backend(backend)
     n = seeds.shape[0]
     recipe = config.recipe

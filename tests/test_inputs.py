@@ -141,7 +141,10 @@ def test_resolve_device_auto_and_errors():
     from barrierkit.backends import resolve_device
 
     assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu") == resolve_device(" CPU ") == torch.device("cpu")
+    from barrierkit.backends import resolve
+
+    assert resolve("auto", "cuda", dtype="float32") == "triton" and resolve("auto", "cuda", dtype="float64") == "torch"
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="device.*CUDA"):
             resolve_device("cuda")

@@ -7,7 +7,7 @@ to t1 in place, reading the clean data, batch order and poison from ``problem``.
 - ``numba``: CPU fast path, parallel over trajectories.
 - ``triton``: the fused GPU kernel (IEEE fp32 dots); ``triton_tf32`` uses TF32 dots. On CPU it
   runs only under ``TRITON_INTERPRET=1`` (tests).
-- ``auto``: triton on a CUDA device; on CPU the faster of numba and torch for the shape, by the
+- ``auto``: triton on a CUDA device (torch for float64 training); on CPU the faster of numba and torch for the shape, by the
   rule in :func:`choose_cpu_backend`.
 """
 from __future__ import annotations
@@ -45,26 +45,33 @@ def _numba_available() -> bool:
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """``auto``: the current CUDA device when one is available, else the CPU; other names as torch
     parses them (a bad name raises ConfigError naming ``device``)."""
-    if isinstance(name, str) and name.strip().lower() == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if isinstance(name, str):
+        name = name.strip().lower()
+        if name == "auto":
+            return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ConfigError("device", f"unknown device {name!r} (cpu, cuda, cuda:N or auto): {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", f"{name!r} asked for CUDA, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError("device", f"{name!r}: there are only {torch.cuda.device_count()} CUDA devices")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError("device", f"only cpu and cuda are supported, got {name!r}")
     return device
 
 
 def resolve(name: str, device: torch.device | str = "cpu", input_dim: Optional[int] = None,
-            hidden: tuple = (32,), batch: int = 32) -> str:
-    """The concrete backend ``name`` stands for on ``device`` (``auto`` decides here)."""
+            hidden: tuple = (32,), batch: int = 32, dtype: str = "float32") -> str:
+    """The concrete backend ``name`` stands for on ``device`` (``auto`` decides here).
+
+    ``auto`` on CUDA is triton for float32 training and the torch reference for float64 (the
+    fused kernel trains in float32 only)."""
     device = torch.device(device)
     if name == "auto":
         if device.type == "cuda":
-            return "triton"
+            return "triton" if dtype == "float32" else "torch"
         return choose_cpu_backend(input_dim or 0, hidden, batch)
     if name in ("torch", "torch_ref"):
         return "torch"
