@@ -25,6 +25,7 @@ import gc
 import json
 import os
 import sys
+import tempfile
 import traceback
 from typing import Dict, List, Optional
 
@@ -132,6 +133,7 @@ class Settings:
         return {"part": part, "quick": self.quick, "device": str(self.device), "steps_per_call": self.steps,
                 "repeats": self.repeats(part) if part != "all" else None, "warmup": self.warmup, "delta": a.delta,
                 "memory_mb": a.memory_mb, "threads": torch.get_num_threads(), "workloads": self.workloads,
+                "certify": a.certify,
                 "reference_steps": self.reference_steps, "gpu_warmup_ms": a.gpu_warmup_ms, "gpu_rep_ms": a.gpu_rep_ms,
                 "argv": getattr(a, "argv", None)}
 
@@ -235,7 +237,12 @@ def run_certify(s: Settings, mode: str) -> Dict:
             cert = certify(cfg, backend="auto", device=str(s.device), progress=False)
         doc = cert.doc
         cert_path = os.path.join(s.args.out, f"certificate-{mode}{'-quick' if s.quick else ''}-{report._stamp()}.json")
-        cert.save(cert_path)  # the whole document: every probe's verdict, re-checkable with `barrierkit verify`
+        try:
+            cert.save(cert_path)  # the whole document: every probe's verdict, re-checkable with `barrierkit verify`
+        except OSError as exc:  # never lose a long certification to a full or read-only --out
+            cert_path = os.path.join(tempfile.gettempdir(), os.path.basename(cert_path))
+            print(f"  could not write the certificate to --out ({exc}); writing {cert_path}", flush=True)
+            cert.save(cert_path)
     except Exception as exc:
         row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
         traceback.print_exc()
