@@ -21,7 +21,7 @@ from .attacks import gradient_directions
 from .backends import StepProblem, TrainState, get_backend, resolve
 from .config import ConfigError, SampleConfig, check_count, check_delta
 from .data import Dataset, get_dataset
-from .features import FeatureMap, feature_names
+from .features import FeatureMap, in_fixed_blocks, feature_names
 from .models import MLPShape, flatten, init_params, loss_and_accuracy
 from .poison import PoisonSpec
 from .rng import SEED_LIMIT, derive_seeds
@@ -68,7 +68,10 @@ def memory_budget_mb(config: SampleConfig, device: torch.device | str = "cpu") -
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return free / 2**20 / 2
+        # blocks torch's allocator holds but does not use are free for the next chunk too, so the
+        # budget does not shrink with every earlier sample() call of a certification
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return (free + cached) / 2**20 / 2
     return CPU_MEMORY_BUDGET_MB
 
 
@@ -164,7 +167,8 @@ def sample(
                 timings["features_s"] += time.perf_counter() - tac
                 bar.update((hi - lo) * r)
             tic = time.perf_counter()
-            _, acc = loss_and_accuracy([p.to(torch.float64) for p in state.params], x_test, y_test)
+            acc = in_fixed_blocks(lambda *ps: loss_and_accuracy(list(ps), x_test, y_test)[1],
+                                  [p.to(torch.float64) for p in state.params])
             test_acc[lo:hi] = acc.cpu().numpy()
             timings["eval_s"] += time.perf_counter() - tic
     finally:

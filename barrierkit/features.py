@@ -43,6 +43,22 @@ def probe_indices(spec: FeatureSpec, n_train: int) -> np.ndarray:
 PROJECT_ROWS = 64
 
 
+def in_fixed_blocks(fn, stacked, rows: int = PROJECT_ROWS) -> torch.Tensor:
+    """``fn(*block)`` over blocks of ``rows`` models of tensors stacked on a leading N axis (the
+    last block zero-padded), concatenated and cut to N.
+
+    Every call then sees the same shapes, so the same kernels and summation orders run whatever
+    N or a model's position: chunking cannot change a bit, on the CPU or on a GPU (where cuBLAS
+    and torch's reductions pick their configuration from the shapes).
+    """
+    n = stacked[0].shape[0]
+    pad = (-n) % rows
+    if pad:
+        stacked = [torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) for t in stacked]
+    out = [fn(*(t[i:i + rows] for t in stacked)) for i in range(0, n + pad, rows)]
+    return torch.cat(out)[:n]
+
+
 class FeatureMap:
     """Evaluates phi for a stack of models, on the compute device, in float64."""
 
@@ -73,10 +89,18 @@ class FeatureMap:
         return torch.cat(out)[:n]
 
     def __call__(self, params: Params, theta0: torch.Tensor) -> torch.Tensor:
-        """[N, k] float64 features of the models ``params``; theta0 is [N, d] float64."""
+        """[N, k] float64 features of the models ``params``; theta0 is [N, d] float64.
+
+        The probe loss, accuracy and drift are computed in fixed blocks of PROJECT_ROWS models
+        (:func:`in_fixed_blocks`), like the projection, so no feature depends on N."""
         p64 = [p.to(torch.float64) for p in params]
         theta = flatten(p64)
         proj = self.project(theta)
-        loss, acc = loss_and_accuracy(p64, self.probe_x, self.probe_y)
-        drift = torch.linalg.vector_norm(theta - theta0, dim=1)
-        return torch.cat([proj, loss[:, None], acc[:, None], drift[:, None]], dim=1)
+
+        def loss_acc_drift(*block):
+            *ps, th, th0 = block
+            loss, acc = loss_and_accuracy(list(ps), self.probe_x, self.probe_y)
+            return torch.stack([loss, acc, torch.linalg.vector_norm(th - th0, dim=1)], dim=1)
+
+        rest = in_fixed_blocks(loss_acc_drift, [*p64, theta, theta0])
+        return torch.cat([proj, rest], dim=1)

@@ -220,3 +220,34 @@ def test_digits_gradient_attack_is_error_maximising(digits):
     sign_cfg = SampleConfig(attack=SamplingAttack(kind="sign"), features=base.features)
     rand = sample(sign_cfg, 0.3, seeds, data=digits, progress=False).test_accuracy
     assert np.median(rand) - np.median(grad) > 0.05
+
+
+def test_in_fixed_blocks_pads_cuts_and_keeps_shapes():
+    from barrierkit.features import in_fixed_blocks
+
+    a, b = torch.randn(70, 3, dtype=torch.float64), torch.randn(70, dtype=torch.float64)
+    seen = []
+
+    def fn(x, y):
+        seen.append(x.shape[0])
+        return x.sum(dim=1) * y
+
+    out = in_fixed_blocks(fn, [a, b], rows=16)
+    assert seen == [16] * 5 and out.shape == (70,)
+    assert torch.equal(out, a.sum(dim=1) * b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cuda_chunking_is_invisible_at_n300(small_data, backend):
+    """On a GPU cuBLAS and torch's reductions choose kernels by shape: features, accuracy and replay
+    must still not depend on N or chunking (the feature map works in fixed blocks)."""
+    if backend == "triton" and TRITON_DEVICE != "cuda":
+        pytest.skip("triton is interpreted here")
+    config = make_config("gradient", "inf", dtype="float32")
+    seeds = trajectory_seeds(6, PURPOSE_SAMPLE, 300)
+    full = sample(config, 0.2, seeds, data=small_data, progress=False, backend=backend, device="cuda")
+    chunked = sample(config, 0.2, seeds, data=small_data, chunk=37, progress=False, backend=backend, device="cuda")
+    one = sample(config, 0.2, seeds[211:212], data=small_data, progress=False, backend=backend, device="cuda")
+    assert np.array_equal(full.features, chunked.features) and np.array_equal(full.test_accuracy, chunked.test_accuracy)
+    assert np.array_equal(one.features[0], full.features[211]) and one.test_accuracy[0] == full.test_accuracy[211]
