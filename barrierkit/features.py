@@ -52,10 +52,13 @@ def in_fixed_blocks(fn, stacked, rows: int = PROJECT_ROWS) -> torch.Tensor:
     and torch's reductions pick their configuration from the shapes).
     """
     n = stacked[0].shape[0]
-    pad = (-n) % rows
-    if pad:
-        stacked = [torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) for t in stacked]
-    out = [fn(*(t[i:i + rows] for t in stacked)) for i in range(0, n + pad, rows)]
+    out = []
+    for i in range(0, n, rows):
+        block = [t[i:i + rows] for t in stacked]
+        short = rows - block[0].shape[0]
+        if short:  # only the last block is copied and padded
+            block = [torch.cat([b, b.new_zeros(short, *b.shape[1:])]) for b in block]
+        out.append(fn(*block))
     return torch.cat(out)[:n]
 
 
@@ -80,13 +83,8 @@ class FeatureMap:
         does not depend on N or on its position: chunking never changes a feature. (A plain
         matmul switches kernels with N, e.g. gemv at N = 1, and changes the last bits.)
         """
-        n = theta.shape[0]
-        pad = (-n) % PROJECT_ROWS
-        if pad:
-            theta = torch.cat([theta, theta.new_zeros(pad, theta.shape[1])])
         pt = self.projection.T.contiguous()
-        out = [theta[i:i + PROJECT_ROWS] @ pt for i in range(0, theta.shape[0], PROJECT_ROWS)]
-        return torch.cat(out)[:n]
+        return in_fixed_blocks(lambda block: block @ pt, [theta])
 
     def __call__(self, params: Params, theta0: torch.Tensor) -> torch.Tensor:
         """[N, k] float64 features of the models ``params``; theta0 is [N, d] float64.
