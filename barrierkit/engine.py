@@ -21,8 +21,8 @@ from .attacks import gradient_directions
 from .backends import StepProblem, TrainState, get_backend, resolve
 from .config import ConfigError, SampleConfig, check_count, check_delta
 from .data import Dataset, get_dataset
-from .features import FeatureMap, in_fixed_blocks, feature_names
-from .models import MLPShape, flatten, init_params, loss_and_accuracy
+from .features import FeatureMap, feature_names
+from .models import MLPShape, flatten, in_fixed_blocks, init_params, loss_and_accuracy
 from .poison import PoisonSpec
 from .rng import SEED_LIMIT, derive_seeds
 from .schedule import Schedule

@@ -15,7 +15,7 @@ import torch
 
 from .config import FeatureSpec
 from .data import Dataset
-from .models import MLPShape, Params, flatten, loss_and_accuracy
+from .models import MLPShape, Params, flatten, in_fixed_blocks, loss_and_accuracy
 from .rng import Stream, bits_numpy
 
 
@@ -40,28 +40,6 @@ def probe_indices(spec: FeatureSpec, n_train: int) -> np.ndarray:
     return np.sort(np.argsort(keys, kind="stable")[: min(spec.probe_size, n_train)])
 
 
-PROJECT_ROWS = 64
-
-
-def in_fixed_blocks(fn, stacked, rows: int = PROJECT_ROWS) -> torch.Tensor:
-    """``fn(*block)`` over blocks of ``rows`` models of tensors stacked on a leading N axis (the
-    last block zero-padded), concatenated and cut to N.
-
-    Every call then sees the same shapes, so the same kernels and summation orders run whatever
-    N or a model's position: chunking cannot change a bit, on the CPU or on a GPU (where cuBLAS
-    and torch's reductions pick their configuration from the shapes).
-    """
-    n = stacked[0].shape[0]
-    out = []
-    for i in range(0, n, rows):
-        block = [t[i:i + rows] for t in stacked]
-        short = rows - block[0].shape[0]
-        if short:  # only the last block is copied and padded
-            block = [torch.cat([b, b.new_zeros(short, *b.shape[1:])]) for b in block]
-        out.append(fn(*block))
-    return torch.cat(out)[:n]
-
-
 class FeatureMap:
     """Evaluates phi for a stack of models, on the compute device, in float64."""
 
@@ -76,29 +54,23 @@ class FeatureMap:
     def dim(self) -> int:
         return self.spec.dim
 
-    def project(self, theta: torch.Tensor) -> torch.Tensor:
-        """P theta for [N, d] theta, in fixed blocks of PROJECT_ROWS rows (the last zero-padded).
-
-        Every block is the same [PROJECT_ROWS, d] x [d, k] product, so a trajectory's projection
-        does not depend on N or on its position: chunking never changes a feature. (A plain
-        matmul switches kernels with N, e.g. gemv at N = 1, and changes the last bits.)
-        """
-        pt = self.projection.T.contiguous()
-        return in_fixed_blocks(lambda block: block @ pt, [theta])
-
     def __call__(self, params: Params, theta0: torch.Tensor) -> torch.Tensor:
         """[N, k] float64 features of the models ``params``; theta0 is [N, d] float64.
 
-        The probe loss, accuracy and drift are computed in fixed blocks of PROJECT_ROWS models
-        (:func:`in_fixed_blocks`), like the projection, so no feature depends on N."""
+        Computed in fixed blocks of MODEL_BLOCK models (:func:`barrierkit.models.in_fixed_blocks`,
+        the last zero-padded): every block is the same [MODEL_BLOCK, d] x [d, k] projection and
+        the same probe forward, so no feature depends on N or on a model's position, and chunking
+        never changes a bit. (A plain matmul switches kernels with N, e.g. gemv at N = 1, and
+        changes the last bits.)
+        """
         p64 = [p.to(torch.float64) for p in params]
         theta = flatten(p64)
-        proj = self.project(theta)
+        pt = self.projection.T.contiguous()
 
-        def loss_acc_drift(*block):
+        def block_features(*block):
             *ps, th, th0 = block
             loss, acc = loss_and_accuracy(list(ps), self.probe_x, self.probe_y)
-            return torch.stack([loss, acc, torch.linalg.vector_norm(th - th0, dim=1)], dim=1)
+            drift = torch.linalg.vector_norm(th - th0, dim=1)
+            return torch.cat([th @ pt, loss[:, None], acc[:, None], drift[:, None]], dim=1)
 
-        rest = in_fixed_blocks(loss_acc_drift, [*p64, theta, theta0])
-        return torch.cat([proj, rest], dim=1)
+        return in_fixed_blocks(block_features, [*p64, theta, theta0])

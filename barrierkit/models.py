@@ -132,3 +132,25 @@ def to_module(params: Params, index: int) -> torch.nn.Sequential:
         if layer < n_layers - 1:
             layers.append(torch.nn.ReLU())
     return torch.nn.Sequential(*layers)
+
+
+MODEL_BLOCK = 64  # models per block of in_fixed_blocks
+
+
+def in_fixed_blocks(fn, stacked, rows: int = MODEL_BLOCK) -> torch.Tensor:
+    """``fn(*block)`` over blocks of ``rows`` models of tensors stacked on a leading N axis (the
+    last block zero-padded), concatenated and cut to N.
+
+    Every call then sees the same shapes, so the same kernels and summation orders run whatever
+    N or a model's position: chunking cannot change a bit, on the CPU or on a GPU (where cuBLAS
+    and torch's reductions pick their configuration from the shapes).
+    """
+    n = stacked[0].shape[0]
+    out = []
+    for i in range(0, n, rows):
+        block = [t[i:i + rows] for t in stacked]
+        short = rows - block[0].shape[0]
+        if short:  # only the last block is copied and padded
+            block = [torch.cat([b, b.new_zeros(short, *b.shape[1:])]) for b in block]
+        out.append(fn(*block))
+    return torch.cat(out)[:n]

@@ -36,7 +36,7 @@ from barrierkit.backends.triton_gpu import MAX_STEPS_PER_LAUNCH
 from . import report, roofline
 from .machine import describe
 from .timing import PeakMemory, pin_threads, restore_threads, time_call
-from .workloads import METHODS, WORKLOADS, Unavailable, setup, warm
+from .workloads import METHODS, WORKLOADS, Unavailable, numba_threads, setup, warm
 
 SCALING_NS = [250, 500, 1000, 2000, 4000, 8000]
 SCALING_NS_GPU = SCALING_NS + [16000]
@@ -331,7 +331,7 @@ ALL_PARTS = ["throughput", "scaling", "scp", "roofline"]  # throughput runs the 
 
 def run_parts(s: Settings, parts: List[str]) -> List[str]:
     machine = describe()
-    machine["numba_threads"] = _numba_threads()
+    machine["numba_threads"] = numba_threads()
     written, all_rows = [], []
     os.makedirs(s.args.out, exist_ok=True)
     for part in parts:
@@ -353,14 +353,6 @@ def run_parts(s: Settings, parts: List[str]) -> List[str]:
         print(f"wrote {path} and {csv_path}")
         written.append(path)
     return written
-
-
-def _numba_threads():
-    try:
-        import numba
-    except ImportError:
-        return None
-    return numba.get_num_threads()
 
 
 # ----------------------------------------------------------------------------- command line

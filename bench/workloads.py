@@ -107,12 +107,13 @@ class Case:
             "weight_decay": r.weight_decay, "attack": cfg.attack.kind, "norm": threat.norm, "rho": threat.rho,
             "delta": self.inputs.delta, "chunk": self.inputs.chunk if self.method != "loop" else 1,
             "memory_mb": cfg.memory_budget_mb if cfg.memory_budget_mb is not None else "auto", "param_count": self.inputs.shape.param_count,
-            "torch_threads": torch.get_num_threads(), "numba_threads": _numba_threads(),
+            "torch_threads": torch.get_num_threads(), "numba_threads": numba_threads(),
             "backend_meta": self.stepper.meta,
         }
 
 
-def _numba_threads() -> Optional[int]:
+def numba_threads() -> Optional[int]:
+    """numba's thread count, or None without numba."""
     try:
         import numba
     except ImportError:

@@ -223,7 +223,7 @@ def test_digits_gradient_attack_is_error_maximising(digits):
 
 
 def test_in_fixed_blocks_pads_cuts_and_keeps_shapes():
-    from barrierkit.features import in_fixed_blocks
+    from barrierkit.models import in_fixed_blocks
 
     a, b = torch.randn(70, 3, dtype=torch.float64), torch.randn(70, dtype=torch.float64)
     seen = []
