@@ -47,7 +47,6 @@ This module imports only triton and torch (never barrierkit).
 from __future__ import annotations
 
 import math
-import os
 from numbers import Real
 from typing import Optional, Sequence
 
@@ -56,6 +55,7 @@ import triton
 import triton.language as tl
 
 from ._aot import cubin_usage
+from ._host import interpreting, next_pow2, require_launchable
 
 DTYPES = (torch.float32, torch.float64)
 MAX_WIDTH = 1024  # hidden width a program keeps as one register tile row
@@ -163,13 +163,8 @@ def _barrier_eval_kernel(
 # --------------------------------------------------------------------------- host side
 
 
-def interpreting() -> bool:
-    """Whether Triton kernels run in the interpreter (TRITON_INTERPRET=1, set before importing triton)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _pow2(n: int, lo: int = 2) -> int:
-    return max(lo, 1 << (max(1, int(n)) - 1).bit_length())
 
 
 def default_tuning(n: int, width: int, dtype: torch.dtype = torch.float64) -> dict:
@@ -185,7 +180,7 @@ def default_tuning(n: int, width: int, dtype: torch.dtype = torch.float64) -> di
 
 def _warps(block_n: int, width: int, dtype: torch.dtype) -> int:
     per_thread = 4 if dtype == torch.float64 else 8
-    return max(1, min(8, block_n * _pow2(width) // (32 * per_thread)))
+    return max(1, min(8, block_n * next_pow2(width, lo=2) // (32 * per_thread)))
 
 
 def _as_tensor(a, name: str) -> torch.Tensor:
@@ -260,9 +255,7 @@ def barrier_eval(features, mean, scale, layers: Sequence, w=None, gamma: float =
     if not x.is_contiguous():
         raise ValueError("features: must be contiguous (call .contiguous() first)")
     device, dtype = x.device, x.dtype
-    if device.type != "cuda" and not interpreting():
-        raise ValueError(f"features: the Triton kernel needs CUDA tensors (got {device}); "
-                         "on the CPU set TRITON_INTERPRET=1 before importing triton")
+    require_launchable(device, "features")
     N, K1, KF = (int(s) for s in x.shape)
     K = K1 - 1
     if KF > MAX_FEATURES:
@@ -337,7 +330,7 @@ def barrier_eval(features, mean, scale, layers: Sequence, w=None, gamma: float =
         out.get("c1"), out.get("c3"), out.get("c2"), out.get("margins"),
         N, K, H,
         KF=KF, M=M, HAS_W=has_w, HAS_UNSAFE=u8 is not None and has_w, STORE_PSI=return_psi,
-        BLOCK_N=block_n, BLOCK_H=_pow2(H), BLOCK_M=_pow2(M),
+        BLOCK_N=block_n, BLOCK_H=next_pow2(H, lo=2), BLOCK_M=next_pow2(M, lo=2),
         num_warps=num_warps,
     )
     return out
@@ -374,7 +367,7 @@ def compile_report(*, dtype: str = "fp64", k: int = 11, width: int = 32, m: int 
     sig = dict(ptrs)
     sig.update(N="i32", K="i32", H="i32")
     meta = dict(KF=k, M=m, HAS_W=has_w, HAS_UNSAFE=has_w and has_unsafe, STORE_PSI=return_psi,
-                BLOCK_N=block_n, BLOCK_H=_pow2(width), BLOCK_M=_pow2(m))
+                BLOCK_N=block_n, BLOCK_H=next_pow2(width, lo=2), BLOCK_M=next_pow2(m, lo=2))
     sig.update({name: "constexpr" for name in meta})
     names = list(sig)
     consts = {name: None for name, v in ptrs.items() if v == absent}

@@ -41,7 +41,6 @@ This module imports only triton and torch (never barrierkit).
 from __future__ import annotations
 
 import math
-import os
 from fractions import Fraction
 from typing import Optional, Sequence
 
@@ -50,6 +49,7 @@ import triton
 import triton.language as tl
 
 from ._aot import cubin_usage
+from ._host import as_tensor as _as_tensor, check_tensor as _check_tensor, interpreting, next_pow2 as _next_pow2, stacked_mlp
 
 # Counter word c2 (the stream tag) of barrierkit.rng.Stream; a test checks they agree.
 STREAM_SUBSET = 3
@@ -326,33 +326,12 @@ def probability_threshold(p: float) -> int:
     return max(0, math.ceil(Fraction(float(p)) * 2**32 - Fraction(1, 2)))
 
 
-def interpreting() -> bool:
-    """Whether Triton kernels run in the interpreter (TRITON_INTERPRET=1, set before importing triton)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _next_pow2(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << (max(1, int(n)) - 1).bit_length())
 
 
-def _as_tensor(a, name: str) -> torch.Tensor:
-    """A torch view of ``a``; CuPy (or any DLPack) arrays are wrapped without a copy."""
-    if isinstance(a, torch.Tensor):
-        return a
-    if hasattr(a, "__dlpack__"):
-        return torch.from_dlpack(a)
-    raise ValueError(f"{name}: expected a torch tensor or a DLPack array (e.g. CuPy), got {type(a).__name__}")
 
 
-def _check_tensor(t: torch.Tensor, name: str, dtype: torch.dtype, shape: Sequence[int], device: torch.device) -> None:
-    if t.dtype != dtype:
-        raise ValueError(f"{name}: must be {dtype}, got {t.dtype}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name}: must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    if t.device != device:
-        raise ValueError(f"{name}: must be on {device} like params[0], got {t.device}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name}: must be contiguous")
 
 
 def unsupported_reason(attack: str, norm: str, hidden: Sequence[int], batch: int, n_classes: int) -> Optional[str]:
@@ -428,29 +407,13 @@ def mlp_sgd_steps(
     All tensor arguments may be DLPack arrays (CuPy): they are wrapped with ``torch.from_dlpack``,
     so the in-place update lands in the caller's memory.
     """
-    params = [_as_tensor(p, f"params[{k}]") for k, p in enumerate(params)]
-    if len(params) not in (4, 6):
-        raise ValueError(f"params: expected [W1, b1, W2, b2] or [W1, b1, W2, b2, W3, b3], got {len(params)} tensors")
+    params, dims = stacked_mlp(params, (torch.float32,))
+    N, widths = dims[0], dims[1:]
     device = params[0].device
-    if device.type != "cuda" and not interpreting():
-        raise ValueError(f"params: the Triton kernel needs CUDA tensors (got {device}); "
-                         "on the CPU set TRITON_INTERPRET=1 before importing triton")
-    W1 = params[0]
-    if W1.dim() != 3:
-        raise ValueError(f"params[0] (W1): must be [N, H1, D], got shape {tuple(W1.shape)}")
-    N, H1, D = W1.shape
+    D, H1 = widths[0], widths[1]
     two_hidden = len(params) == 6
-    widths = [D, H1] + ([params[2].shape[1] if params[2].dim() == 3 else -1] if two_hidden else [])
-    widths.append(params[-2].shape[1] if params[-2].dim() == 3 else -1)
     C = widths[-1]
     H2 = widths[2] if two_hidden else 1
-    for layer in range(len(params) // 2):
-        _check_tensor(params[2 * layer], f"params[{2 * layer}] (W{layer + 1})", torch.float32,
-                      (N, widths[layer + 1], widths[layer]), device)
-        _check_tensor(params[2 * layer + 1], f"params[{2 * layer + 1}] (b{layer + 1})", torch.float32,
-                      (N, widths[layer + 1]), device)
-    if N < 1 or min(widths) < 1:
-        raise ValueError(f"params: every dimension must be >= 1, got N={N}, widths={widths}")
     idx = _as_tensor(idx, "idx")
     if idx.dim() != 3 or idx.shape[0] != N or idx.shape[1] < 1 or idx.shape[2] < 1:
         raise ValueError(f"idx: must be [N={N}, S>=1, B>=1], got shape {tuple(idx.shape)}")
