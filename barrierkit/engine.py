@@ -18,11 +18,11 @@ import torch
 
 from . import __version__
 from .attacks import gradient_directions
-from .backends import StepProblem, TrainState, get_backend, resolve
+from .backends import StepProblem, TrainState, feature_map, get_backend, resolve
 from .config import ConfigError, SampleConfig, check_count, check_delta
 from .data import Dataset, get_dataset
-from .features import FeatureMap, feature_names
-from .models import MLPShape, flatten, in_fixed_blocks, init_params, loss_and_accuracy
+from .features import feature_names
+from .models import MLPShape, flatten, init_params
 from .poison import PoisonSpec
 from .rng import SEED_LIMIT, derive_seeds
 from .schedule import Schedule
@@ -126,7 +126,7 @@ def sample(
     y_train = torch.as_tensor(data.y_train, device=device)
     x_test = torch.as_tensor(data.x_test, dtype=torch.float64, device=device)
     y_test = torch.as_tensor(data.y_test, device=device)
-    fmap = FeatureMap(config.features, shape, data, device=device)
+    fmap = feature_map(backend, config.features, shape, data, device)
     K, r = recipe.intervals, recipe.record_every
     features = np.empty((n, K + 1, fmap.dim), dtype=np.float64)
     test_acc = np.empty(n, dtype=np.float64)
@@ -167,9 +167,7 @@ def sample(
                 timings["features_s"] += time.perf_counter() - tac
                 bar.update((hi - lo) * r)
             tic = time.perf_counter()
-            acc = in_fixed_blocks(lambda *ps: loss_and_accuracy(list(ps), x_test, y_test)[1],
-                                  [p.to(torch.float64) for p in state.params])
-            test_acc[lo:hi] = acc.cpu().numpy()
+            test_acc[lo:hi] = fmap.accuracy(state.params, x_test, y_test).cpu().numpy()
             timings["eval_s"] += time.perf_counter() - tic
     finally:
         bar.close()
@@ -179,7 +177,7 @@ def sample(
         bad = int(np.argwhere(~np.isfinite(features).all(axis=(1, 2)))[0, 0])
         raise FloatingPointError(f"trajectory {bad} diverged (non-finite features); lower the learning rate")
     meta = {
-        "config": config.to_dict(), "delta": delta, "backend": backend, "backend_meta": getattr(step_fn, "meta", None),
+        "config": config.to_dict(), "delta": delta, "backend": backend, "backend_meta": getattr(step_fn, "meta", None), "features_by": fmap.name,
         "device": str(device),
         "dtype": recipe.dtype, "dataset": data.name, "data_hash": data.content_hash, "model_hash": shape.spec_hash,
         "param_count": shape.param_count, "feature_names": feature_names(config.features), "seed_columns": list(SEED_COLUMNS),

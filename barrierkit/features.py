@@ -41,7 +41,10 @@ def probe_indices(spec: FeatureSpec, n_train: int) -> np.ndarray:
 
 
 class FeatureMap:
-    """Evaluates phi for a stack of models, on the compute device, in float64."""
+    """Evaluates phi for a stack of models, on the compute device, in float64 (the torch
+    reference; backends/triton_gpu.py has the fused kernel's twin of it)."""
+
+    name = "torch"
 
     def __init__(self, spec: FeatureSpec, shape: MLPShape, data: Dataset, device="cpu"):
         self.spec = spec
@@ -74,3 +77,8 @@ class FeatureMap:
             return torch.cat([th @ pt, loss[:, None], acc[:, None], drift[:, None]], dim=1)
 
         return in_fixed_blocks(block_features, [*p64, theta, theta0])
+
+    def accuracy(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[N] float64 accuracy of each model on (x, y) (the engine's terminal test accuracy), in
+        the same fixed blocks of models as the features."""
+        return in_fixed_blocks(lambda *ps: loss_and_accuracy(list(ps), x, y)[1], [p.to(torch.float64) for p in params])

@@ -1,11 +1,12 @@
-"""A small run of both Triton kernels on CUDA, for ``compute-sanitizer --tool memcheck``.
+"""A small run of the three Triton kernels on CUDA, for ``compute-sanitizer --tool memcheck``.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 9 \\
         python -m bench.memcheck_small
 
 Small on purpose (the sanitizer slows every launch down): 3 trajectories of the MNIST-shaped MLP
 (784-64-10, odd batch 33 so masks are exercised) for 80 steps with the gradient attack, in IEEE
-and TF32 precision, then one barrier_eval launch over odd sizes with w and unsafe rows, in fp64 and
+and TF32 precision (the triton backends record phi and the test accuracy with mlp_features), then
+one barrier_eval launch over odd sizes with w and unsafe rows, in fp64 and
 fp32. Without PyTorch's caching allocator an out-of-bounds access cannot land inside a cached
 block unseen. Exits non-zero when anything is non-finite.
 """

@@ -82,6 +82,18 @@ def resolve(name: str, device: torch.device | str = "cpu", input_dim: Optional[i
     raise ConfigError("backend", f"unknown backend {name!r}; known: {', '.join(BACKENDS)}, auto")
 
 
+def feature_map(name: str, spec, shape, data, device: torch.device | str = "cpu"):
+    """The feature map phi that goes with a concrete backend: the fused Triton kernel for the
+    triton backends (their training already runs there), else the torch reference FeatureMap."""
+    from ..features import FeatureMap
+
+    if name in ("triton", "triton_tf32"):
+        from .triton_gpu import FusedFeatureMap
+
+        return FusedFeatureMap(spec, shape, data, device=device)
+    return FeatureMap(spec, shape, data, device=device)
+
+
 def get_backend(name: str) -> SegmentFn:
     """The ``train_segment`` function of a concrete backend (see :func:`resolve` for ``auto``)."""
     if name in ("torch", "torch_ref"):
@@ -101,4 +113,4 @@ def get_backend(name: str) -> SegmentFn:
     raise ConfigError("backend", f"unknown backend {name!r}; known: {', '.join(BACKENDS)}, auto")
 
 
-__all__ = ["get_backend", "resolve", "resolve_device", "choose_cpu_backend", "StepProblem", "TrainState", "BACKENDS"]
+__all__ = ["get_backend", "feature_map", "resolve", "resolve_device", "choose_cpu_backend", "StepProblem", "TrainState", "BACKENDS"]

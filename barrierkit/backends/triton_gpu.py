@@ -26,6 +26,10 @@ Scope and deviations (all deliberate, all tested against ``torch_ref`` in float3
   launch for each data tensor (``validate="first"``), or on every launch (``"always"``).
 - CUDA tensors compile; CPU tensors work only under ``TRITON_INTERPRET=1`` (tests).
 
+The features phi at recording steps and the terminal test accuracy come from the second kernel,
+``kernels/mlp_features.py`` (:class:`FusedFeatureMap`, float64, one program per model; chosen by
+``backends.feature_map``): one launch per recording step instead of torch's blocked ops.
+
 ``kernels/`` is imported lazily, so importing barrierkit never needs Triton.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 
 from ..config import ConfigError
+from ..features import FeatureMap
 from . import torch_ref
 from .torch_ref import StepProblem, TrainState
 
@@ -49,13 +54,14 @@ _CACHE: Dict[Tuple[int, str], Tuple[weakref.ref, int, torch.Tensor]] = {}
 _CACHE_LIMIT = 8
 
 
-def _kernels():
-    """kernels/mlp_step.py, imported lazily (Triton is an optional dependency)."""
-    try:
-        from ..kernels import mlp_step  # installed: setup.py maps kernels/ to barrierkit.kernels
+def _kernels(module: str = "mlp_step"):
+    """kernels/<module>.py, imported lazily (Triton is an optional dependency)."""
+    import importlib
+
+    try:  # installed: setup.py maps kernels/ to barrierkit.kernels
+        return importlib.import_module(f"..kernels.{module}", __package__)
     except ImportError:  # a source checkout on sys.path without installation
-        from kernels import mlp_step  # type: ignore[no-redef]
-    return mlp_step
+        return importlib.import_module(f"kernels.{module}")
 
 
 def _cached(t: torch.Tensor, what: str, make: Callable[[torch.Tensor], torch.Tensor]) -> Tuple[torch.Tensor, bool]:
@@ -158,9 +164,36 @@ def make_train_segment(input_precision: str = DEFAULT_PRECISION, max_steps: int 
 train_segment = make_train_segment()
 
 
+class FusedFeatureMap(FeatureMap):
+    """phi and the terminal accuracy from ``kernels/mlp_features.py``: one launch per recording
+    step, one program per model (so chunking cannot change a bit), all arithmetic in float64.
+
+    Its torch twin is :class:`barrierkit.features.FeatureMap` (the tests compare the two); models
+    the kernel does not take (more than 2 hidden layers, widths above its register tiles) use
+    that twin, and ``name`` says which one ran.
+    """
+
+    def __init__(self, spec, shape, data, device="cpu"):
+        super().__init__(spec, shape, data, device=device)
+        self.kernel = _kernels("mlp_features")
+        self.fallback = self.kernel.unsupported_reason(shape.hidden, shape.n_classes, spec.projection_dim)
+        self.name = "torch" if self.fallback else NAME
+
+    def __call__(self, params, theta0: torch.Tensor) -> torch.Tensor:
+        if self.fallback:
+            return super().__call__(params, theta0)
+        # values need no check here: a diverged run shows up as non-finite features in the engine
+        return self.kernel.mlp_features(params, self.probe_x, self.probe_y, self.projection, theta0, validate=False)
+
+    def accuracy(self, params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.fallback:
+            return super().accuracy(params, x, y)
+        return self.kernel.mlp_features(params, x, y, validate=False)[:, 1]
+
+
 def describe() -> dict:
     """What the default ``train_segment`` simulates (for the trajectories' metadata)."""
     return dict(train_segment.meta)  # type: ignore[attr-defined]
 
 
-__all__ = ["train_segment", "make_train_segment", "describe", "NAME", "LAST_LAUNCH"]
+__all__ = ["train_segment", "make_train_segment", "FusedFeatureMap", "describe", "NAME", "LAST_LAUNCH"]
