@@ -76,7 +76,7 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
         "timings": {"total_s": total, "clean_s": clean_s, **ctx.timings},
         "throughput": {"trajectories": steps, "trajectory_steps_per_s": steps * scfg.recipe.steps / max(total, 1e-9),
                        "probes_per_hour": 3600.0 * len(result.probes) / max(total, 1e-9)},
-        "versions": versions(), "backend": backend, "device": str(device),
+        "versions": versions(), "backend": backend, "device": str(device), "features_by": clean.meta["features_by"],
     }
     if certified:
         best = max(certified, key=lambda p: p["delta"])

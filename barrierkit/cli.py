@@ -162,9 +162,12 @@ def profile_table(doc: dict) -> str:
     lines = ["profile: where the time went", f"  {'stage':32s} {'seconds':>10s} {'share':>7s}"]
     for name, seconds, share in profile_stages(doc):
         lines.append(f"  {name:32s} {seconds:10.2f} {share:7.1%}")
+    t = doc["timings"]
+    if "sampling_train_s" in t:  # certificates from before this breakdown lack it
+        lines.append(f"  sampling: training steps {t['sampling_train_s']:.2f} s, features phi {t['sampling_features_s']:.2f} s "
+                     f"({doc.get('features_by', 'torch')}), test accuracy {t['sampling_eval_s']:.2f} s")
     tp = doc.get("throughput", {})
     runs, steps = tp.get("trajectories", 0), doc["config"]["sample"]["recipe"]["steps"]
-    t = doc["timings"]
     sampling = float(t.get("clean_s", 0.0)) + float(t.get("sampling_s", 0.0))
     lines.append(f"  trajectory-steps/s: {tp.get('trajectory_steps_per_s', 0.0):,.0f} over the whole certification "
                  f"({runs} runs x {steps} steps); {runs * steps / sampling if sampling > 0 else 0.0:,.0f} while sampling")

@@ -48,6 +48,9 @@ class CertifyContext:
         runs = sample(sample_config or self.config.sample, delta, trajectory_seeds(self.config.seed, purpose, n), data=self.data,
                       backend=self.backend, device=self.device, progress=self.progress, description=description)
         self.timings["sampling_s"] += time.perf_counter() - tic
+        for part in ("train_s", "features_s", "eval_s"):  # where sampling's time went (certify --profile)
+            key = f"sampling_{part}"
+            self.timings[key] = self.timings.get(key, 0.0) + float(runs.meta["timings"][part])
         self.trajectories_sampled += n
         return runs
 

@@ -141,8 +141,9 @@ class Settings:
 # ----------------------------------------------------------------------------- one timed case
 
 
-def run_case(s: Settings, part: str, workload: str, method: str, n: int) -> Dict:
-    """Set up, time and measure one workload x method x N; the row (never raises)."""
+def run_case(s: Settings, part: str, workload: str, method: str, n: int, loop: Optional[Dict] = None) -> Dict:
+    """Set up, time and measure one workload x method x N; the row (never raises). With ``loop``
+    (the same workload's measured loop row) the row carries its speed-up before it is logged."""
     row: Dict = {"benchmark": part, "workload": workload, "method": method, "n": n, "device": str(s.device),
                  "steps_per_call": s.steps, "repeats": s.repeats(part), "warmup": s.warmup}
     case = None
@@ -189,6 +190,10 @@ def run_case(s: Settings, part: str, workload: str, method: str, n: int) -> Dict
         del case
         if s.cuda:
             torch.cuda.empty_cache()
+    if method == "loop" and part == "throughput":
+        loop = row
+    if loop and loop.get("status") == "ok" and row.get("status") == "ok":
+        row["speedup_vs_loop"] = row["steps_per_s_median"] / loop["steps_per_s_median"]
     return s.record(row)
 
 
@@ -199,14 +204,13 @@ def run_throughput(s: Settings) -> List[Dict]:
     rows: List[Dict] = []
     print(f"throughput: N={s.n} ({s.loop_runs} runs for the loop), {s.steps} steps per call, device {s.device}")
     for wl in s.workloads:
-        part = []
-        for method in s.methods("throughput"):
-            part.append(run_case(s, "throughput", wl, method, s.loop_runs if method == "loop" else s.n))
-        loop = next((r for r in part if r["method"] == "loop" and r["status"] == "ok"), None)
-        for r in part:
-            if loop and r["status"] == "ok":
-                r["speedup_vs_loop"] = r["steps_per_s_median"] / loop["steps_per_s_median"]
-        rows += part
+        methods = s.methods("throughput")
+        methods = [m for m in methods if m == "loop"] + [m for m in methods if m != "loop"]  # loop first
+        loop = None
+        for method in methods:
+            row = run_case(s, "throughput", wl, method, s.loop_runs if method == "loop" else s.n, loop)
+            loop = row if method == "loop" else loop
+            rows.append(row)
     if s.args.certify != "none":
         rows += run_certifications(s)
     return rows

@@ -111,6 +111,22 @@ def test_rows_survive_a_run_cut_off_before_the_results_file(tmp_path, monkeypatc
     assert [(r["workload"], r["method"], r["status"]) for r in rows] == [("digits", "torch", "ok"), ("digits", "numba", "ok")]
 
 
+def test_partial_throughput_rows_carry_the_speedup(tmp_path, monkeypatch):
+    """The loop is measured first, so every logged row already has its speed-up over it."""
+    def cut_off(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_results", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        bench_main(["throughput", "--quick", "--workloads", "digits", "--methods", "torch", "loop", "--device", "cpu",
+                    "--certify", "none", "--out", str(tmp_path)])
+    (log,) = glob.glob(str(tmp_path / "throughput-partial-*.jsonl"))
+    rows = [json.loads(line) for line in open(log)]
+    assert [r["method"] for r in rows] == ["loop", "torch"]
+    assert rows[0]["speedup_vs_loop"] == 1.0
+    assert math.isclose(rows[1]["speedup_vs_loop"], rows[1]["steps_per_s_median"] / rows[0]["steps_per_s_median"])
+
+
 def test_quick_scaling_and_scp_fit_exponents(results):
     rows = json.load(open(results["scaling"][0]))["rows"]
     fits = [r for r in rows if r["benchmark"] == "scaling_fit"]
@@ -185,6 +201,7 @@ def test_certify_profile_prints_the_stage_table(capsys):
     total = [line for line in table.splitlines() if line.strip().startswith("total")][0]
     assert total.rstrip().endswith("100.0%")
     assert "trajectory-steps/s" in table
+    assert "sampling: training steps" in table and "features phi" in table and "(torch)" in table
 
 
 def test_readme_block_is_generated_between_the_markers(tmp_path):
