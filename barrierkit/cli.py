@@ -164,8 +164,9 @@ def profile_table(doc: dict) -> str:
         lines.append(f"  {name:32s} {seconds:10.2f} {share:7.1%}")
     t = doc["timings"]
     if "sampling_train_s" in t:  # certificates from before this breakdown lack it
-        lines.append(f"  sampling: training steps {t['sampling_train_s']:.2f} s, features phi {t['sampling_features_s']:.2f} s "
-                     f"({doc.get('features_by', 'torch')}), test accuracy {t['sampling_eval_s']:.2f} s")
+        lines.append(f"  sampling (probes and pool; clean runs apart): training steps {t['sampling_train_s']:.2f} s, "
+                     f"features phi {t['sampling_features_s']:.2f} s ({doc.get('features_by', 'torch')}), "
+                     f"test accuracy {t['sampling_eval_s']:.2f} s")
     tp = doc.get("throughput", {})
     runs, steps = tp.get("trajectories", 0), doc["config"]["sample"]["recipe"]["steps"]
     sampling = float(t.get("clean_s", 0.0)) + float(t.get("sampling_s", 0.0))

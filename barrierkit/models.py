@@ -114,7 +114,9 @@ def loss_and_accuracy(params: Params, x: torch.Tensor, y: torch.Tensor) -> Tuple
     logp = torch.log_softmax(logits, dim=-1)
     yy = y.view(1, -1, 1).expand(logits.shape[0], -1, 1)
     loss = -logp.gather(-1, yy).squeeze(-1).mean(dim=1)
-    acc = (logits.argmax(dim=-1) == y.view(1, -1)).to(logits.dtype).mean(dim=1)
+    # the count over the number of points, one correctly rounded division: the same value on every
+    # device and in kernels/mlp_features.py (torch's CUDA mean multiplies by fl(1/P) instead)
+    acc = (logits.argmax(dim=-1) == y.view(1, -1)).to(logits.dtype).sum(dim=1) / y.numel()
     return loss, acc
 
 

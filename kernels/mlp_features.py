@@ -25,8 +25,15 @@ Precision. All arithmetic is fp64 (fp32 parameters are widened exactly; no TF32,
 Triton contracts mul+add to FMA, which is exact-rounded); ``tl.exp``/``tl.log`` lower to libdevice
 (<= 1 ulp) and the fp64 ``tl.sqrt`` is ``sqrt.rn.f64`` (correctly rounded; checked in the PTX). Only the summation order differs from the torch
 reference (barrierkit.features.FeatureMap): projection and drift agree to ~1e-15 relative to the
-sum of the magnitudes, the loss to ~1e-15 relative; the accuracy is a count over the points, so it
-is identical unless two logits tie to within rounding.
+sum of the magnitudes, the loss to ~1e-15 relative. The accuracy is the count of hits divided by
+the number of points, once, correctly rounded, exactly as barrierkit.models.loss_and_accuracy
+computes it on every device, so it is identical unless two logits tie to within rounding.
+
+Shared memory. The fp64 dot operands are staged through shared memory, which grows with the
+widths (784-64-10: 40 KB; 784-128-128-10: 184 KB; (200, 100) hidden: 344 KB, more than an H100
+has). A shape the device cannot hold raises Triton's ``OutOfResources`` at its first launch;
+``backends.triton_gpu.FusedFeatureMap`` tries one launch when it is built and otherwise uses the
+torch twin for the whole run.
 
 This module imports only triton and torch (never barrierkit).
 """

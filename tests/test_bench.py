@@ -201,7 +201,7 @@ def test_certify_profile_prints_the_stage_table(capsys):
     total = [line for line in table.splitlines() if line.strip().startswith("total")][0]
     assert total.rstrip().endswith("100.0%")
     assert "trajectory-steps/s" in table
-    assert "sampling: training steps" in table and "features phi" in table and "(torch)" in table
+    assert "training steps" in table and "features phi" in table and "(torch)" in table
 
 
 def test_readme_block_is_generated_between_the_markers(tmp_path):

@@ -72,6 +72,7 @@ SHAPES = [
     (17, 100, (7,), 10, 70),
     (3, 5, (7, 32), 2, 33),
     (1, 100, (32, 7), 10, 16),
+    (3, 64, (7,), 10, 32),
 ]
 
 
@@ -137,11 +138,49 @@ def test_feature_map_falls_back_for_models_the_kernel_does_not_take():
 
     data = make_synthetic(n_train=40, n_test=20, dim=4, n_classes=2, spread=0.3, seed=9)
     shape = MLPShape(4, (3, 3, 3), 2)
-    fused = FusedFeatureMap(FeatureSpec(projection_dim=2, probe_size=8), shape, data)
+    with pytest.warns(RuntimeWarning, match="hidden layers"):
+        fused = FusedFeatureMap(FeatureSpec(projection_dim=2, probe_size=8), shape, data)
     assert fused.name == "torch" and "hidden layers" in fused.fallback
     params = init_params(shape, range(2))
     theta0 = flatten(params).to(torch.float64)
     assert torch.equal(fused(params, theta0), FeatureMap(fused.spec, shape, data)(params, theta0))
+
+
+def test_feature_map_falls_back_when_the_device_cannot_hold_the_kernel(monkeypatch):
+    """A compiled launch that runs out of shared memory (wide layers on a real GPU) makes the map
+    use its torch twin for the whole run, with a warning; found when the map is built."""
+    from triton.runtime.errors import OutOfResources
+
+    from barrierkit.backends.triton_gpu import FusedFeatureMap
+    from barrierkit.data import make_synthetic
+
+    def too_big(*args, **kwargs):
+        raise OutOfResources(360448, 232448, "shared memory")
+
+    data = make_synthetic(n_train=40, n_test=20, dim=4, n_classes=2, spread=0.3, seed=9)
+    shape = MLPShape(4, (5,), 2)
+    monkeypatch.setattr(MF, "interpreting", lambda: False)  # as when compiled: the trial launch runs
+    monkeypatch.setattr(MF, "mlp_features", too_big)
+    with pytest.warns(RuntimeWarning, match="shared memory"):
+        fused = FusedFeatureMap(FeatureSpec(projection_dim=2, probe_size=8), shape, data)
+    assert fused.name == "torch" and "does not fit" in fused.fallback
+    params = init_params(shape, range(3))
+    theta0 = flatten(params).to(torch.float64)
+    assert torch.equal(fused(params, theta0), FeatureMap(fused.spec, shape, data)(params, theta0))
+
+
+def test_masked_loads_stay_inside_every_tensor():
+    """Each tensor sits at the start of a NaN-filled buffer: a load past its end (a missing mask on
+    the last model's last row, say) would turn a feature into NaN. (memcheck proves it on a GPU.)"""
+    params, x, y, proj, theta0 = make_case(2, 37, (9, 6), 3, 21, seed=13)
+
+    def nan_tailed(t):
+        buf = torch.full((t.numel() + 4096,), float("nan"), dtype=t.dtype, device=t.device)
+        buf[:t.numel()] = t.reshape(-1)
+        return buf[:t.numel()].view(t.shape)
+
+    out = MF.mlp_features([nan_tailed(p) for p in params], nan_tailed(x), y, nan_tailed(proj), nan_tailed(theta0))
+    check(out, reference(params, x, y, proj, theta0), proj.shape[0])
 
 
 # --------------------------------------------------------------------------- validation

@@ -169,15 +169,34 @@ class FusedFeatureMap(FeatureMap):
     step, one program per model (so chunking cannot change a bit), all arithmetic in float64.
 
     Its torch twin is :class:`barrierkit.features.FeatureMap` (the tests compare the two); models
-    the kernel does not take (more than 2 hidden layers, widths above its register tiles) use
-    that twin, and ``name`` says which one ran.
+    the kernel does not take (more than 2 hidden layers, widths above its register tiles, or
+    operands too large for the device's shared memory, found by one trial launch on a zero model
+    when the map is built) use that twin for the whole run, and ``name`` says which one ran.
     """
 
     def __init__(self, spec, shape, data, device="cpu"):
         super().__init__(spec, shape, data, device=device)
         self.kernel = _kernels("mlp_features")
         self.fallback = self.kernel.unsupported_reason(shape.hidden, shape.n_classes, spec.projection_dim)
+        if self.fallback is None and not self.kernel.interpreting():  # the interpreter has no resource limits
+            self.fallback = self._trial_launch(shape)
+        if self.fallback:
+            warnings.warn(f"features are computed by the torch FeatureMap: {self.fallback}", RuntimeWarning, stacklevel=2)
         self.name = "torch" if self.fallback else NAME
+
+    def _trial_launch(self, shape) -> Optional[str]:
+        """Compile and launch once on a single zero model of this shape (the compiled kernel is
+        what the run reuses); the reason when the device cannot hold it, else None."""
+        from triton.runtime.errors import OutOfResources
+
+        device = self.probe_x.device
+        params = [torch.zeros((1, *s), dtype=torch.float32, device=device) for s in shape.layer_shapes]
+        theta0 = torch.zeros((1, shape.param_count), dtype=torch.float64, device=device)
+        try:
+            self.kernel.mlp_features(params, self.probe_x, self.probe_y, self.projection, theta0, validate=False)
+        except OutOfResources as exc:
+            return f"the feature kernel does not fit this device ({exc})"
+        return None
 
     def __call__(self, params, theta0: torch.Tensor) -> torch.Tensor:
         if self.fallback:
