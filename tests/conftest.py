@@ -49,3 +49,13 @@ def compile_reports(module: str, configs: str) -> list:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def forbid_launch(monkeypatch, module, kernel: str) -> None:
+    """Make any launch of ``module.<kernel>`` fail the test: validation must raise before it."""
+
+    class _NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("the kernel was launched")
+
+    monkeypatch.setattr(module, kernel, _NoLaunch())

@@ -20,7 +20,7 @@ Tolerances, with scale = 1 + max |reference| of the compared array:
 import numpy as np
 import pytest
 
-from conftest import compile_reports
+from conftest import compile_reports, forbid_launch
 import torch
 
 from barrierkit.barrier import Barrier, BarrierConfig, fit_barrier
@@ -210,12 +210,7 @@ def test_torch_parameters_and_fp32_cast():
 @pytest.fixture
 def no_launch(monkeypatch):
     """Any launch fails the test: validation must raise before the kernel is reached."""
-
-    class _NoLaunch:
-        def __getitem__(self, grid):
-            raise AssertionError("the kernel was launched")
-
-    monkeypatch.setattr(BE, "_barrier_eval_kernel", _NoLaunch())
+    forbid_launch(monkeypatch, BE, "_barrier_eval_kernel")
 
 
 def _args(N=3, K=2, k=4, width=5, m=2):

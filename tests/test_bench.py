@@ -98,30 +98,26 @@ def test_full_settings_describe_every_part(part):
     assert config["part"] == part and config["quick"] is False and (config["repeats"] or part == "all")
 
 
-def test_rows_survive_a_run_cut_off_before_the_results_file(tmp_path, monkeypatch):
+def cut_off_run(tmp_path, monkeypatch, argv):
+    """Run ``python -m bench ARGV`` cut off just before its results file; the partial log's rows."""
     def cut_off(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(report, "write_results", cut_off)
     with pytest.raises(KeyboardInterrupt):
-        bench_main(["roofline", "--quick", "--workloads", "digits", "--methods", "torch", "numba", "--device", "cpu",
-                    "--out", str(tmp_path)])
-    (log,) = glob.glob(str(tmp_path / "roofline-partial-*.jsonl"))
-    rows = [json.loads(line) for line in open(log)]
+        bench_main(argv + ["--quick", "--workloads", "digits", "--device", "cpu", "--out", str(tmp_path)])
+    (log,) = glob.glob(str(tmp_path / f"{argv[0]}-partial-*.jsonl"))
+    return [json.loads(line) for line in open(log)]
+
+
+def test_rows_survive_a_run_cut_off_before_the_results_file(tmp_path, monkeypatch):
+    rows = cut_off_run(tmp_path, monkeypatch, ["roofline", "--methods", "torch", "numba"])
     assert [(r["workload"], r["method"], r["status"]) for r in rows] == [("digits", "torch", "ok"), ("digits", "numba", "ok")]
 
 
 def test_partial_throughput_rows_carry_the_speedup(tmp_path, monkeypatch):
     """The loop is measured first, so every logged row already has its speed-up over it."""
-    def cut_off(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(report, "write_results", cut_off)
-    with pytest.raises(KeyboardInterrupt):
-        bench_main(["throughput", "--quick", "--workloads", "digits", "--methods", "torch", "loop", "--device", "cpu",
-                    "--certify", "none", "--out", str(tmp_path)])
-    (log,) = glob.glob(str(tmp_path / "throughput-partial-*.jsonl"))
-    rows = [json.loads(line) for line in open(log)]
+    rows = cut_off_run(tmp_path, monkeypatch, ["throughput", "--methods", "torch", "loop", "--certify", "none"])
     assert [r["method"] for r in rows] == ["loop", "torch"]
     assert rows[0]["speedup_vs_loop"] == 1.0
     assert math.isclose(rows[1]["speedup_vs_loop"], rows[1]["steps_per_s_median"] / rows[0]["steps_per_s_median"])

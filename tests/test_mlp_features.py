@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compile_reports
+from conftest import compile_reports, forbid_launch
 from barrierkit.config import FeatureSpec
 from barrierkit.features import FeatureMap, projection_matrix
 from barrierkit.kernels import mlp_features as MF
@@ -132,18 +132,25 @@ def test_feature_map_twins_agree():
     assert torch.equal(fused.accuracy(params, x_test, y_test), torch_map.accuracy(params, x_test, y_test))
 
 
-def test_feature_map_falls_back_for_models_the_kernel_does_not_take():
+def fallback_map(hidden, warning):
+    """A FusedFeatureMap for a 4-input, 2-class model (built expecting ``warning``) and a check
+    that it computes exactly what its torch twin does."""
     from barrierkit.backends.triton_gpu import FusedFeatureMap
     from barrierkit.data import make_synthetic
 
     data = make_synthetic(n_train=40, n_test=20, dim=4, n_classes=2, spread=0.3, seed=9)
-    shape = MLPShape(4, (3, 3, 3), 2)
-    with pytest.warns(RuntimeWarning, match="hidden layers"):
+    shape = MLPShape(4, hidden, 2)
+    with pytest.warns(RuntimeWarning, match=warning):
         fused = FusedFeatureMap(FeatureSpec(projection_dim=2, probe_size=8), shape, data)
-    assert fused.name == "torch" and "hidden layers" in fused.fallback
-    params = init_params(shape, range(2))
+    params = init_params(shape, range(3))
     theta0 = flatten(params).to(torch.float64)
     assert torch.equal(fused(params, theta0), FeatureMap(fused.spec, shape, data)(params, theta0))
+    return fused
+
+
+def test_feature_map_falls_back_for_models_the_kernel_does_not_take():
+    fused = fallback_map((3, 3, 3), "hidden layers")
+    assert fused.name == "torch" and "hidden layers" in fused.fallback
 
 
 def test_feature_map_falls_back_when_the_device_cannot_hold_the_kernel(monkeypatch):
@@ -151,22 +158,13 @@ def test_feature_map_falls_back_when_the_device_cannot_hold_the_kernel(monkeypat
     use its torch twin for the whole run, with a warning; found when the map is built."""
     from triton.runtime.errors import OutOfResources
 
-    from barrierkit.backends.triton_gpu import FusedFeatureMap
-    from barrierkit.data import make_synthetic
-
     def too_big(*args, **kwargs):
         raise OutOfResources(360448, 232448, "shared memory")
 
-    data = make_synthetic(n_train=40, n_test=20, dim=4, n_classes=2, spread=0.3, seed=9)
-    shape = MLPShape(4, (5,), 2)
     monkeypatch.setattr(MF, "interpreting", lambda: False)  # as when compiled: the trial launch runs
     monkeypatch.setattr(MF, "mlp_features", too_big)
-    with pytest.warns(RuntimeWarning, match="shared memory"):
-        fused = FusedFeatureMap(FeatureSpec(projection_dim=2, probe_size=8), shape, data)
+    fused = fallback_map((5,), "shared memory")
     assert fused.name == "torch" and "does not fit" in fused.fallback
-    params = init_params(shape, range(3))
-    theta0 = flatten(params).to(torch.float64)
-    assert torch.equal(fused(params, theta0), FeatureMap(fused.spec, shape, data)(params, theta0))
 
 
 def test_masked_loads_stay_inside_every_tensor():
@@ -189,12 +187,7 @@ def test_masked_loads_stay_inside_every_tensor():
 @pytest.fixture
 def no_launch(monkeypatch):
     """Any launch fails the test: validation must raise before the kernel is reached."""
-
-    class _NoLaunch:
-        def __getitem__(self, grid):
-            raise AssertionError("the kernel was launched")
-
-    monkeypatch.setattr(MF, "_mlp_features_kernel", _NoLaunch())
+    forbid_launch(monkeypatch, MF, "_mlp_features_kernel")
 
 
 def _args():
