@@ -12,13 +12,19 @@ to t1 in place, reading the clean data, batch order and poison from ``problem``.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
 from ..config import ConfigError
 from . import torch_ref
 from .torch_ref import StepProblem, TrainState
+
+if TYPE_CHECKING:  # annotations only: features imports the modules these come from
+    from ..config import FeatureSpec
+    from ..data import Dataset
+    from ..features import FeatureMap
+    from ..models import MLPShape
 
 SegmentFn = Callable[[TrainState, StepProblem, int, int], None]
 BACKENDS = ("torch", "numba", "triton", "triton_tf32")
@@ -82,7 +88,8 @@ def resolve(name: str, device: torch.device | str = "cpu", input_dim: Optional[i
     raise ConfigError("backend", f"unknown backend {name!r}; known: {', '.join(BACKENDS)}, auto")
 
 
-def feature_map(name: str, spec, shape, data, device: torch.device | str = "cpu"):
+def feature_map(name: str, spec: "FeatureSpec", shape: "MLPShape", data: "Dataset",
+                device: torch.device | str = "cpu") -> "FeatureMap":
     """The feature map phi that goes with a concrete backend: the fused Triton kernel for the
     triton backends (their training already runs there), else the torch reference FeatureMap."""
     from ..features import FeatureMap

@@ -40,8 +40,10 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, FeatureSpec
+from ..data import Dataset
 from ..features import FeatureMap
+from ..models import MLPShape
 from . import torch_ref
 from .torch_ref import StepProblem, TrainState
 
@@ -174,7 +176,7 @@ class FusedFeatureMap(FeatureMap):
     when the map is built) use that twin for the whole run, and ``name`` says which one ran.
     """
 
-    def __init__(self, spec, shape, data, device="cpu"):
+    def __init__(self, spec: FeatureSpec, shape: MLPShape, data: Dataset, device: torch.device | str = "cpu"):
         super().__init__(spec, shape, data, device=device)
         self.kernel = _kernels("mlp_features")
         self.fallback = self.kernel.unsupported_reason(shape.hidden, shape.n_classes, spec.projection_dim)
@@ -184,7 +186,7 @@ class FusedFeatureMap(FeatureMap):
             warnings.warn(f"features are computed by the torch FeatureMap: {self.fallback}", RuntimeWarning, stacklevel=2)
         self.name = "torch" if self.fallback else NAME
 
-    def _trial_launch(self, shape) -> Optional[str]:
+    def _trial_launch(self, shape: MLPShape) -> Optional[str]:
         """Compile and launch once on a single zero model of this shape (the compiled kernel is
         what the run reuses); the reason when the device cannot hold it, else None."""
         from triton.runtime.errors import OutOfResources
