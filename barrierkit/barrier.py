@@ -49,7 +49,8 @@ class BarrierConfig:
     width: int = 32  # hidden units of the trunk
     out_dim: int = 8  # m: each output dimension is one decision variable in the PAC bound
     epochs: int = 300  # full-batch Adam steps
-    lr: float = 1e-2
+    lr: float = 1e-2  # initial learning rate, cosine-annealed to lr * final_lr_fraction
+    final_lr_fraction: float = 0.01
     margin: float = 0.05  # hinge margin, in units of the gap lambda - gamma = 1 (C3: of K*increment)
     kappa: float = 0.1  # C4 slack: K*c <= 1 - kappa
     weight_decay: float = 1e-4  # L2 on weight matrices and w (not biases, gamma, c)
@@ -67,6 +68,8 @@ class BarrierConfig:
             if not _is_real(value) or value < 0 or (low_open and value == 0):
                 bound = "> 0" if low_open else ">= 0"
                 raise ValueError(f"BarrierConfig.{name} must be a finite number {bound}, got {value!r}")
+        if not _is_real(self.final_lr_fraction) or not 0 < self.final_lr_fraction <= 1:
+            raise ValueError(f"BarrierConfig.final_lr_fraction must lie in (0, 1], got {self.final_lr_fraction!r}")
         if not _is_real(self.kappa) or not 0 < self.kappa < 1:
             raise ValueError(f"BarrierConfig.kappa must lie in (0, 1), got {self.kappa!r}")
 
@@ -236,7 +239,14 @@ def fit_barrier(
     Optimisation runs in float32 on one torch thread: float32 tanh is several times faster, the
     matrices are too small to gain from threads (and oversubscribed threads are very slow), and one
     thread makes the result bit-identical for a given seed whatever the host's core count. The
-    fitted weights are then held, and every reported number computed, in float64."""
+    fitted weights are then held, and every reported number computed, in float64.
+
+    The learning rate is cosine-annealed to ``lr * final_lr_fraction``: at a constant rate Adam
+    keeps oscillating between iterates that do and do not satisfy a hinge group (on a planted
+    case the unsafe terminal states' group flipped between 0 and 30 % violated from one epoch to
+    the next), so the returned last iterate depended on the last bits of rounding and a fit passed
+    on one CPU kind and failed on another. Annealed, the last iterate has converged and the fit
+    agrees across CPU kinds in what it satisfies."""
     features, unsafe, pool = _check_inputs(features, unsafe, pool)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -272,12 +282,15 @@ def _fit(features: np.ndarray, unsafe: np.ndarray, pool: np.ndarray, config: Bar
         ],
         lr=config.lr,
     )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs,
+                                                          eta_min=config.lr * config.final_lr_fraction)
     for _ in range(config.epochs):
         opt.zero_grad(set_to_none=True)
         B = torch.tanh(x @ W1.T + b1) @ (W2.T @ w) + b2 @ w  # = w . psi(x), one narrow matmul
         c = cmax * (1.0 - torch.nn.functional.softplus(r))
         _hinge_loss(B[: n * k1].reshape(n, k1), B[n * k1 :], unsafe_t, gamma, c, config.margin).backward()
         opt.step()
+        schedule.step()
 
     def f64(t: torch.Tensor) -> np.ndarray:
         return t.detach().numpy().astype(np.float64)

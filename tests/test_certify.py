@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 import barrierkit
+
 from barrierkit.cli import main
 from barrierkit.config import (CertifyConfig, ConfigError, FeatureSpec, SampleConfig, SamplingAttack,
                                ThreatModel, TrainRecipe)
 from barrierkit.engine import clean_accuracy
 from barrierkit.probe import PURPOSE_POOL, CertifyContext, run_probe
 from barrierkit.certificate import Certificate
+
+pytestmark = pytest.mark.portability  # also run under ATEN_CPU_CAPABILITY=default and avx2 (tests/test_portability.py)
 
 # the default dynamics (400 steps, lr 0.1), recorded coarsely (K = 10) to keep the tests fast
 FAST_RECIPE = TrainRecipe(steps=400, record_every=40)
