@@ -17,17 +17,22 @@ N and few steps, a check that the harness works (seconds), not a measurement.
 Every finished row is also appended to ``PART-partial-STAMP.jsonl`` in --out as it completes, so
 a run cut off by a time limit keeps what it measured; the file is removed once the part's
 results file is written.
+
+Exit status: 0 when every case ran (or was skipped as unavailable here, e.g. a GPU-only method on
+a CPU); 1 when a case failed unexpectedly (its row says why, status "error"; the rows that did
+run are still written); 2 for bad arguments or a bad input file, refused before any work starts.
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import math
 import os
 import sys
 import tempfile
 import traceback
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -105,9 +110,11 @@ class Settings:
         self.workloads = args.workloads or list(WORKLOADS)
         self._roofs: Optional[Dict] = None
         self.row_log: Optional[str] = None
+        self.recorded: List[Dict] = []  # the current part's finished rows, kept if the part fails midway
 
     def record(self, row: Dict) -> Dict:
         """Append one finished row to the part's partial log (kept if the run is cut off)."""
+        self.recorded.append(row)
         if self.row_log:
             with open(self.row_log, "a") as fh:
                 fh.write(json.dumps(row, default=str) + "\n")
@@ -228,7 +235,7 @@ def run_certifications(s: Settings) -> List[Dict]:
 def run_certify(s: Settings, mode: str) -> Dict:
     """A whole certification: certifications and certified probes per hour, stage timings."""
     from barrierkit.api import certify
-    from barrierkit.cli import profile_stages, profile_table
+    from barrierkit.report import profile_stages, profile_table
 
     cfg, workload = certify_config(mode, s.quick)
     row: Dict = {"benchmark": "certify", "certify_config": mode + (" (quick)" if s.quick else ""), "device": str(s.device),
@@ -333,14 +340,34 @@ PARTS = {"throughput": run_throughput, "certify": run_certifications, "scaling":
 ALL_PARTS = ["throughput", "scaling", "scp", "roofline"]  # throughput runs the certification itself
 
 
-def run_parts(s: Settings, parts: List[str]) -> List[str]:
+def run_part(s: Settings, part: str) -> List[Dict]:
+    """One part's rows. A part that raises (not a case: run_case records its own errors) keeps the
+    rows it finished, plus an error row, so the results file is still written and the run fails."""
+    s.recorded = []
+    try:
+        return PARTS[part](s)
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"{part}: ERROR {type(exc).__name__}: {exc}", flush=True)
+        s.record({"benchmark": part, "device": str(s.device), "status": "error", "reason": f"{type(exc).__name__}: {exc}"})
+        return list(s.recorded)
+
+
+def case_name(row: Dict) -> str:
+    """A row's case in words, for the failure summary: 'throughput digits numba N=4'."""
+    words = [row.get("benchmark"), row.get("workload") or row.get("solver"), row.get("method") or row.get("mode")]
+    return " ".join(str(w) for w in words if w) + (f" N={row['n']}" if row.get("n") is not None else "")
+
+
+def run_parts(s: Settings, parts: List[str]) -> Tuple[List[str], List[Dict]]:
+    """Run ``parts`` and write their results files; (the files written, the rows that failed)."""
     machine = describe()
     machine["numba_threads"] = numba_threads()
     written, all_rows = [], []
     os.makedirs(s.args.out, exist_ok=True)
     for part in parts:
         s.row_log = os.path.join(s.args.out, f"{part}-partial-{report._stamp()}.jsonl")
-        rows = PARTS[part](s)
+        rows = run_part(s, part)
         doc = report.document(part, rows, machine, s.config(part), s.quick)
         if part == "roofline":
             doc["config"]["roofs"] = s.roofs()
@@ -356,45 +383,113 @@ def run_parts(s: Settings, parts: List[str]) -> List[str]:
         path, csv_path = report.write_results(doc, s.args.out)
         print(f"wrote {path} and {csv_path}")
         written.append(path)
-    return written
+    return written, [r for r in all_rows if r.get("status") == "error"]
 
 
 # ----------------------------------------------------------------------------- command line
+# Every option is checked by its argparse ``type`` while parsing: a bad one is refused with the
+# usage line, one error line naming the option, and exit status 2, before any work starts.
+
+
+def count(low: int = 1) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low`` (a count: N, steps, repeats, ...)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def number(low: float = 0.0, strict: bool = True) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number > ``low`` (>= ``low`` unless ``strict``)."""
+    bound = f"{'>' if strict else '>='} {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+
+    parse.__name__ = f"number {bound}"
+    return parse
+
+
+def device_name(text: str) -> str:
+    """An argparse ``type``: cpu, or cuda[:INDEX] when that GPU is there; the canonical name."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"must be cpu or cuda[:INDEX], got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here (torch.cuda.is_available() "
+                                             "is False); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: there is no such GPU (this machine has "
+                                             f"{torch.cuda.device_count()}: cuda:0 ... cuda:{torch.cuda.device_count() - 1})")
+    return str(device)
+
+
+def writable_folder(text: str) -> str:
+    """An argparse ``type``: a folder that exists, or can be created, and is writable. Checked
+    without creating it, so a refused command line leaves nothing behind."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a folder, got ''")
+    path = probe = os.path.abspath(text)
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:  # the part that exists
+        probe = os.path.dirname(probe)
+    problem = ("is not a folder" if not os.path.isdir(probe)
+               else "is not writable" if not os.access(probe, os.W_OK | os.X_OK) else None)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r} {problem}" if probe == path
+                                         else f"{text!r} cannot be created: {probe!r} {problem}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("all parts")
-    g.add_argument("--out", default=report.RESULTS_DIR, help="results folder (default: bench/results)")
+    g.add_argument("--out", type=writable_folder, default=report.RESULTS_DIR, help="results folder (default: bench/results)")
     g.add_argument("--quick", action="store_true", help="tiny N and few steps: checks the harness in seconds (not a measurement)")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    g.add_argument("--device", type=device_name, default=None, help="cpu or cuda (default: cuda when available)")
     g.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=None, help="default: all")
     g.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
                    help="default: all (scaling and roofline leave out the N-independent loop)")
-    g.add_argument("--steps", type=int, default=None, help="SGD steps per timed call (default 8; quick 2)")
-    g.add_argument("--repeats", type=int, default=None, help="timed calls on the CPU (default: throughput 5, scaling 3, roofline 3, scp 2)")
-    g.add_argument("--warmup", type=int, default=None, help="untimed calls before timing on the CPU (default 1)")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--steps", type=count(), default=None, help="SGD steps per timed call (default 8; quick 2)")
+    g.add_argument("--repeats", type=count(), default=None, help="timed calls on the CPU (default: throughput 5, scaling 3, roofline 3, scp 2)")
+    g.add_argument("--warmup", type=count(0), default=None, help="untimed calls before timing on the CPU (default 1)")
+    g.add_argument("--threads", type=count(), default=None,
                    help="torch and numba threads, both pinned (default: torch's count at start)")
-    g.add_argument("--memory-mb", type=float, default=None,
+    g.add_argument("--memory-mb", type=number(), default=None,
                    help="the engine's chunk budget (default: 2048 on the CPU as in the engine; half the free GPU memory)")
-    g.add_argument("--delta", type=float, default=0.1, help="poisoning budget of the timed runs (default 0.1)")
-    g.add_argument("--gpu-warmup-ms", type=float, default=50.0, help="do_bench warm-up (ms)")
-    g.add_argument("--gpu-rep-ms", type=float, default=300.0, help="do_bench timed span (ms)")
+    g.add_argument("--delta", type=number(strict=False), default=0.1, help="poisoning budget of the timed runs (default 0.1)")
+    g.add_argument("--gpu-warmup-ms", type=number(strict=False), default=50.0, help="do_bench warm-up (ms)")
+    g.add_argument("--gpu-rep-ms", type=number(), default=300.0, help="do_bench timed span (ms)")
     g = common.add_argument_group("throughput, certify and roofline")
-    g.add_argument("--n", type=int, default=None, help="trajectories (throughput default 1000 on CPU, 4000 on GPU; roofline 4000; quick 4)")
-    g.add_argument("--loop-runs", type=int, default=None, help="runs of the per-trajectory loop (default 16; quick 2)")
+    g.add_argument("--n", type=count(), default=None, help="trajectories (throughput default 1000 on CPU, 4000 on GPU; roofline 4000; quick 4)")
+    g.add_argument("--loop-runs", type=count(), default=None, help="runs of the per-trajectory loop (default 16; quick 2)")
     g.add_argument("--certify", choices=["auto", "default", "mnist", "reduced", "none"], default="auto",
                    help="the certification run (throughput's last row, and the certify part): default "
                         "CertifyConfig (digits), mnist (784-64-10, batch 64, N_v=4000), the reduced one, or none "
                         "(auto: reduced with --quick, else default; --quick shrinks mnist to seconds)")
-    g.add_argument("--peak-gflops", type=float, default=None, help="FLOP roof (GFLOP/s) for roofline fractions on a CPU")
-    g.add_argument("--peak-gbps", type=float, default=None, help="bandwidth roof (GB/s) for roofline fractions on a CPU")
+    g.add_argument("--peak-gflops", type=number(), default=None, help="FLOP roof (GFLOP/s) for roofline fractions on a CPU")
+    g.add_argument("--peak-gbps", type=number(), default=None, help="bandwidth roof (GB/s) for roofline fractions on a CPU")
     g = common.add_argument_group("scaling and scp")
-    g.add_argument("--ns", type=int, nargs="+", default=None, help="scaling N (default 250 ... 8000, 16000 on GPU; quick 4 8 16)")
-    g.add_argument("--scp-ns", type=int, nargs="+", default=None, help="SCP N_v (default 1000 2000 4000 8000; quick 40 80)")
-    g.add_argument("--m", type=int, default=8, help="SCP trunk outputs m (default 8)")
-    g.add_argument("--full-max", type=int, default=4000, help="largest N_v for the full (no constraint generation) SCP")
+    g.add_argument("--ns", type=count(), nargs="+", default=None, help="scaling N (default 250 ... 8000, 16000 on GPU; quick 4 8 16)")
+    g.add_argument("--scp-ns", type=count(), nargs="+", default=None, help="SCP N_v (default 1000 2000 4000 8000; quick 40 80)")
+    g.add_argument("--m", type=count(), default=8, help="SCP trunk outputs m (default 8)")
+    g.add_argument("--full-max", type=count(0), default=4000, help="largest N_v for the full (no constraint generation) SCP")
 
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -404,10 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("scp", "SCP seconds against N_v"),
                        ("roofline", "measured step times beside the FLOP/byte model (fractions of the roofs on GPU)"),
                        ("all", "throughput, scaling, scp and roofline")):
-        sub.add_parser(name, parents=[common], help=text, description=text)
+        sub.add_parser(name, parents=[common], help=text, description=text,
+                       usage="%(prog)s [options]")
     p = sub.add_parser("plot", help="PNG plots from a results file (JSON or CSV)")
     p.add_argument("file")
-    p.add_argument("--out", default=None, help="folder for the PNGs (default: beside FILE)")
+    p.add_argument("--out", type=writable_folder, default=None, help="folder for the PNGs (default: beside FILE)")
     p = sub.add_parser("readme", help="rewrite README.md's results block from a results file")
     p.add_argument("file", nargs="?", default=None, help="results JSON (default: the latest with throughput rows in --results)")
     p.add_argument("--results", default=report.RESULTS_DIR, help="where to look for the latest results (default: bench/results)")
@@ -415,34 +511,66 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def plot_command(args: argparse.Namespace) -> int:
+    """``plot FILE``: the PNGs; a file it cannot plot is one line on stderr naming it, exit 2."""
+    try:
+        for path in report.plot(args.file, args.out):
+            print(f"wrote {path}")
+    except (report.PlotUnavailable, report.BadResults) as exc:
+        print(f"python -m bench plot: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"python -m bench plot: cannot write the plots of {args.file}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def readme_command(args: argparse.Namespace) -> int:
+    """``readme [FILE]``: README's results block; a bad FILE or README is one line on stderr, exit 2."""
+    path = args.file or report.latest_results(args.results)
+    if path is None:
+        print(f"python -m bench readme: no results file with throughput rows in {args.results}; "
+              "run `python -m bench throughput` (or all) first", file=sys.stderr)
+        return 2
+    try:
+        doc = report.read_results(path)
+        if not report.reportable(doc):
+            raise report.BadResults(f"{path}: nothing for the README (no throughput, certify or fitted-exponent rows)")
+    except report.BadResults as exc:
+        print(f"python -m bench readme: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report.rewrite_readme(report.readme_block(doc, path), args.readme)
+    except (OSError, ValueError) as exc:  # the README: missing, unwritable or without the markers
+        print(f"python -m bench readme: cannot rewrite {args.readme}: {exc}", file=sys.stderr)
+        return 2
+    print(f"rewrote the results block of {args.readme} from {path}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m bench ...``; the exit status (see the module docstring). Bad arguments exit 2
+    from argparse (SystemExit) before any work starts."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     if args.command == "plot":
-        try:
-            for path in report.plot(args.file, args.out):
-                print(f"wrote {path}")
-        except report.PlotUnavailable as exc:
-            print(f"python -m bench plot: {exc}", file=sys.stderr)
-            return 2
-        return 0
+        return plot_command(args)
     if args.command == "readme":
-        path = args.file or report.latest_results(args.results)
-        if path is None:
-            print(f"python -m bench readme: no results file with throughput rows in {args.results}; "
-                  "run `python -m bench throughput` (or all) first", file=sys.stderr)
-            return 2
-        report.rewrite_readme(report.readme_block(report.load_results(path), path), args.readme)
-        print(f"rewrote the results block of {args.readme} from {path}")
-        return 0
+        return readme_command(args)
     previous = pin_threads(args.threads)
     s = Settings(args)
     parts = list(ALL_PARTS) if args.command == "all" else [args.command]
     try:
-        run_parts(s, parts)
+        _, failed = run_parts(s, parts)
     finally:
         restore_threads(previous)
         gc.unfreeze()  # PeakMemory froze what was alive before each case; give it back to the collector
         gc.collect()
+    if failed:
+        print(f"python -m bench {args.command}: {len(failed)} case(s) failed (rows with status \"error\" in the "
+              "results files):", file=sys.stderr)
+        for row in failed:
+            print(f"  {case_name(row)}: {row.get('reason')}", file=sys.stderr)
+        return 1
     return 0

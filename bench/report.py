@@ -29,6 +29,10 @@ class PlotUnavailable(RuntimeError):
     """matplotlib is missing: the message says what to install."""
 
 
+class BadResults(ValueError):
+    """A file that is not a usable results document; the message names the file and says why."""
+
+
 # ----------------------------------------------------------------------------- the scaling fit
 
 
@@ -113,6 +117,31 @@ def load_results(path: str) -> Dict:
                 "quick": first.get("quick") == "True", "machine": machine, "config": {}, "rows": rows}
     with open(path) as fh:
         return json.load(fh)
+
+
+def read_results(path: str) -> Dict:
+    """:func:`load_results`, checked: a results document whose rows are all rows (dicts with a
+    ``benchmark``), else :class:`BadResults` saying why in one line."""
+    try:
+        doc = load_results(path)
+    except FileNotFoundError:
+        raise BadResults(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadResults(f"{path}: is a folder, not a results file") from None
+    except OSError as exc:
+        raise BadResults(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise BadResults(f"{path}: not a text file (a results file is JSON or CSV)") from None
+    except json.JSONDecodeError as exc:
+        raise BadResults(f"{path}: not JSON ({exc})") from None
+    except (csv.Error, ValueError) as exc:
+        raise BadResults(f"{path}: not a results file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise BadResults(f"{path}: not a bench results document (no \"format\": \"{FORMAT}\")")
+    rows = doc.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and r.get("benchmark") for r in rows):
+        raise BadResults(f"{path}: not a bench results document (\"rows\" is not a list of rows with a \"benchmark\")")
+    return doc
 
 
 def _parse(v: str):
@@ -205,6 +234,11 @@ def readme_block(doc: Dict, source: str) -> str:
     return "\n".join(lines)
 
 
+def reportable(doc: Dict) -> bool:
+    """Whether ``doc`` has anything for :func:`readme_block`'s tables."""
+    return any(r.get("benchmark") in ("throughput", "certify", "scaling_fit", "scp_fit") for r in doc.get("rows", []))
+
+
 def rewrite_readme(block: str, readme: str = README) -> None:
     """Replace what lies between the bench markers in ``readme`` by ``block``."""
     with open(readme) as fh:
@@ -232,11 +266,37 @@ def _pyplot():
     return plt
 
 
+def _positive(v) -> bool:
+    """A number a log axis can show."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def plottable(rows: List[Dict]) -> Dict[str, List[Dict]]:
+    """The rows each plot is drawn from (a finished row with positive numbers to draw), by plot."""
+    def done(r: Dict, benchmark: str, default: Optional[str] = None) -> bool:
+        return r.get("benchmark") == benchmark and r.get("status", default) == "ok"
+
+    def seconds(r: Dict):
+        return r.get("time_per_step_s", r.get("min_s"))
+
+    return {
+        "throughput": [r for r in rows if done(r, "throughput") and _positive(r.get("steps_per_s_median"))],
+        "scaling": [r for r in rows if done(r, "scaling", "ok") and _positive(r.get("n")) and _positive(seconds(r))],
+        "scp": [r for r in rows if done(r, "scp", "ok") and _positive(r.get("n")) and _positive(seconds(r))],
+        "roofline": [r for r in rows if done(r, "roofline") and _positive(r.get("model_intensity"))
+                     and _positive(r.get("achieved_gflops"))],
+    }
+
+
 def plot(path: str, out_dir: Optional[str] = None) -> List[str]:
-    """PNG plots of one results file; returns the paths written."""
+    """PNG plots of one results file; returns the paths written. A file with nothing to plot
+    raises :class:`BadResults` (before matplotlib is needed)."""
+    doc = read_results(path)
+    rows = doc["rows"]
+    drawn = plottable(rows)
+    if not any(drawn.values()):
+        raise BadResults(f"{path}: nothing to plot (no finished throughput, scaling, scp or roofline rows)")
     plt = _pyplot()
-    doc = load_results(path)
-    rows = doc.get("rows", [])
     out_dir = out_dir or os.path.dirname(os.path.abspath(path))
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -250,10 +310,10 @@ def plot(path: str, out_dir: Optional[str] = None) -> List[str]:
         plt.close(fig)
         written.append(p)
 
-    tp = [r for r in rows if r.get("benchmark") == "throughput" and r.get("status") == "ok"]
+    tp = drawn["throughput"]
     if tp:
         fig, ax = plt.subplots(figsize=(8, 0.35 * len(tp) + 1.5))
-        labels = [f"{r['workload']} / {r['method']}" for r in tp]
+        labels = [f"{r.get('workload')} / {r.get('method')}" for r in tp]
         ax.barh(range(len(tp)), [r["steps_per_s_median"] for r in tp], color="tab:blue")
         ax.set_yticks(range(len(tp)), labels)
         ax.invert_yaxis()
@@ -263,7 +323,7 @@ def plot(path: str, out_dir: Optional[str] = None) -> List[str]:
         save(fig, "throughput")
     for bench_name, key_a, key_b, xlab in (("scaling", "workload", "method", "N (trajectories)"),
                                             ("scp", "solver", "mode", "N_v (verification runs)")):
-        pts = [r for r in rows if r.get("benchmark") == bench_name and r.get("status", "ok") == "ok"]
+        pts = drawn[bench_name]
         if not pts:
             continue
         fits = {(r.get(key_a), r.get(key_b)): r for r in rows if r.get("benchmark") == bench_name + "_fit"}
@@ -274,19 +334,19 @@ def plot(path: str, out_dir: Optional[str] = None) -> List[str]:
                 sel = sorted((r for r in pts if r.get(key_a) == g and r.get(key_b) == sub), key=lambda r: r["n"])
                 ys = [r.get("time_per_step_s", r.get("min_s")) for r in sel]
                 fit = fits.get((g, sub))
-                label = f"{sub}" + (f" (k={fit['exponent']:.2f})" if fit else "")
+                label = f"{sub}" + (f" (k={fit['exponent']:.2f})" if fit and isinstance(fit.get("exponent"), (int, float)) else "")
                 ax.loglog([r["n"] for r in sel], ys, "o-", label=label)
             ax.set_xlabel(xlab)
             ax.set_ylabel("seconds per step" if bench_name == "scaling" else "seconds per solve")
             ax.set_title(f"{bench_name}: {g}", fontsize=9)
             ax.legend(fontsize=7)
         save(fig, bench_name)
-    rl = [r for r in rows if r.get("benchmark") == "roofline" and r.get("status") == "ok" and r.get("model_intensity")]
+    rl = drawn["roofline"]
     if rl:
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for r in rl:
             ax.loglog(r["model_intensity"], r["achieved_gflops"], "o")
-            ax.annotate(f"{r['workload']}/{r['method']}", (r["model_intensity"], r["achieved_gflops"]), fontsize=6)
+            ax.annotate(f"{r.get('workload')}/{r.get('method')}", (r["model_intensity"], r["achieved_gflops"]), fontsize=6)
         peak_f = next((r.get("peak_flops") for r in rl if r.get("peak_flops")), None)
         peak_b = next((r.get("peak_bytes_per_s") for r in rl if r.get("peak_bytes_per_s")), None)
         if peak_f and peak_b:
