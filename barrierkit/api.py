@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from typing import Any, Dict, Optional
@@ -9,79 +10,107 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import pac
-from .certificate import FORMAT, Certificate
-from .backends import resolve
+from .certificate import CERTIFIED_FIELDS, FORMAT, Certificate, clean_summary, threat_model, throughput, warnings_for
+from .backends import resolve, resolve_device
 from .config import CertifyConfig, SampleConfig
 from .context import radius_context
 from .data import Dataset, get_dataset
-from .engine import clean_accuracy, sample, versions
+from .engine import check_memory, clean_runs, sample, versions
+from .labels import SafetyRule, chance_hits
 from .models import MLPShape
+from .outcomes import overall_status
 from .probe import PURPOSE_POOL, CertifyContext, run_probe
-from .radius import max_budget, search
+from .radius import max_budget, radii, search
 from .trajectories import Trajectories
 
+log = logging.getLogger("barrierkit")
 
-def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: str = "auto", device: str = "cpu",
+
+def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: str = "auto", device: str = "auto",
             progress: Optional[bool] = None) -> Certificate:
     """Search the largest certified poisoning budget and return the Certificate.
 
     The backend (``auto`` is resolved once, here) is part of the simulated dynamics: it is
-    recorded in the certificate and witnesses must be replayed with it.
+    recorded in the certificate and witnesses must be replayed with it. ``device`` is ``auto``
+    (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. Progress goes to the ``barrierkit``
+    logger, one line per stage and per probe; ``progress`` turns the bars on or off (default:
+    on when stderr is a terminal).
     """
     start = time.perf_counter()
+    device = resolve_device(device)
     data = data if data is not None else get_dataset(config.sample.dataset)
     scfg = config.sample
+    check_memory(scfg, config.n_train + config.n_verify, "n_verify")
     backend = resolve(backend, device, data.input_dim, scfg.model.hidden, scfg.recipe.batch, scfg.recipe.dtype)
+    log.info("certify: %s, MLP %s, %d steps, backend %s on %s; up to %d probes of %d + %d runs",
+             data.name, "-".join(map(str, (data.input_dim, *scfg.model.hidden, data.n_classes))), scfg.recipe.steps,
+             backend, device, config.max_probes, config.n_train, config.n_verify)
     tic = time.perf_counter()
-    g_clean, clean = clean_accuracy(scfg, config.n_clean, config.seed, data=data, backend=backend, device=device, progress=progress)
+    clean = clean_runs(scfg, config.n_clean, config.seed, data=data, backend=backend, device=device, progress=progress)
+    rule = SafetyRule.from_clean_hits(clean.test_hits, clean.test_size, config.alpha)
     clean_s = time.perf_counter() - tic
+    log.info("clean runs: %d, g_c = %.4f (median %s of %d test points correct) [%.1f s]", clean.n, rule.g_clean,
+             f"{rule.clean_median_hits:g}", rule.test_size, clean_s)
+    warnings = warnings_for(rule, chance_hits(data.y_test))
+    for text in warnings:
+        log.warning(text)
     top = max_budget(scfg.threat.norm, scfg.threat.domain, data.input_dim)
     pool_delta = min(config.pool_delta if config.pool_delta is not None else top, top)
-    ctx = CertifyContext(config, data, g_clean, pool=[], backend=backend, device=device, progress=progress)
+    ctx = CertifyContext(config, data, rule, pool=[], backend=backend, device=str(device), progress=progress)
+    tic = time.perf_counter()
     heavy = ctx.sample(pool_delta, PURPOSE_POOL, config.n_pool, f"unsafe pool δ={pool_delta:.3g}",
-                       sample_config=dataclasses.replace(scfg, threat=dataclasses.replace(scfg.threat, rho=config.pool_rho)))
-    heavy_unsafe = heavy.unsafe(g_clean, config.alpha)
+                       sample_config=pool_sample_config(config))
+    heavy_unsafe = rule.unsafe(heavy.test_hits)
     if heavy_unsafe.any():
         ctx.pool.append((math.inf, heavy.features[heavy_unsafe, -1]))  # heavier than every probe (rho_pool)
-    result = search(lambda d, i: run_probe(ctx, d, i), max_probes=config.max_probes, budget_max=top,
-                    delta_start=config.delta_start, delta_hi=config.delta_hi, rel_tol=config.rel_tol)
-    certified = [p for p in result.probes if p["status"] == "CERTIFIED"]
-    if certified:
-        best = max(certified, key=lambda p: p["delta"])
-        status, reason, eps = "CERTIFIED", best["reason"], best["epsilon"]
-    else:
-        first = min(result.probes, key=lambda p: p["delta"])
-        status = "REFUTED" if first["status"] == "REFUTED" else "INCONCLUSIVE"
-        reason, eps = f"smallest probe δ={first['delta']:.4g}: {first['reason']}", None
-    radii = {"delta_cert": result.delta_cert, "delta_direct": result.delta_direct, "delta_fail": result.delta_fail,
-             "whole_domain": result.whole_domain, "capped_by_user": result.capped_by_user, "max_budget": top}
+    log.info("unsafe pool: %d of %d heavy-poison runs (rho %g, δ %.3g) ended unsafe [%.1f s]", int(heavy_unsafe.sum()),
+             heavy.n, config.pool_rho, pool_delta, time.perf_counter() - tic)
+
+    def probe(delta: float, index: int) -> Dict[str, Any]:
+        tic = time.perf_counter()
+        rec = run_probe(ctx, delta, index)
+        log.info("probe %d of at most %d: δ = %.4g %s: unsafe %d/%d verify, %d/%d train; %s [%.1f s, %.0f s in all]",
+                 index + 1, config.max_probes, delta, rec["status"], rec["n_unsafe_verify"], rec["n_verify"],
+                 rec["n_unsafe_train"], rec["n_train"], rec["reason"], time.perf_counter() - tic, time.perf_counter() - start)
+        return rec
+
+    probes = search(probe, max_probes=config.max_probes, budget_max=top, delta_start=config.delta_start,
+                    delta_hi=config.delta_hi, rel_tol=config.rel_tol)
+    status, reason, best = overall_status(probes)
+    found = radii(probes, top, config.delta_hi)
     context = None
-    if result.delta_cert is not None:
-        context = radius_context(result.delta_cert, scfg.threat.norm, data.x_train, data.y_train)
+    if found["delta_cert"] is not None:
+        context = radius_context(found["delta_cert"], scfg.threat.norm, data.x_train, data.y_train)
     total = time.perf_counter() - start
-    steps = ctx.trajectories_sampled + config.n_clean
     shape = MLPShape.from_spec(scfg.model, data.input_dim, data.n_classes)
+    trajectories = ctx.trajectories_sampled + config.n_clean
     doc: Dict[str, Any] = {
         "format": FORMAT, "status": status, "reason": reason, "config": config.to_dict(),
-        "threat_model": {**scfg.to_dict()["threat"], "sampling_attack": scfg.to_dict()["attack"]},
-        "dataset": data.name, "data_hash": data.content_hash, "model_hash": shape.spec_hash, "param_count": shape.param_count,
-        "g_clean": g_clean, "clean_accuracy": {"n": clean.n, "median": g_clean, "min": float(clean.test_accuracy.min()),
-                                               "max": float(clean.test_accuracy.max())},
-        "alpha": config.alpha, "beta": config.beta, "beta_per_probe": config.beta_per_probe, "epsilon": eps,
-        "epsilon_requested": config.epsilon, "n_verify": config.n_verify, "n_train": config.n_train,
-        "d": config.decision_variables,
+        "threat_model": threat_model(config.to_dict()), "dataset": data.name, "data_hash": data.content_hash,
+        "input_dim": data.input_dim, "n_classes": data.n_classes, "model_hash": shape.spec_hash,
+        "param_count": shape.param_count, "test_size": rule.test_size, "chance_hits": chance_hits(data.y_test),
+        "g_clean": rule.g_clean, "clean_accuracy": clean_summary(rule, clean.test_hits),
+        "alpha": config.alpha, "beta": config.beta, "beta_per_probe": config.beta_per_probe,
+        "epsilon": best["epsilon"] if best else None, "epsilon_requested": config.epsilon,
+        "n_verify": config.n_verify, "n_train": config.n_train, "d": config.decision_variables,
         "epsilon_direct": pac.epsilon(config.n_verify + config.n_train, 1, config.beta_per_probe),
-        "pool": {"delta": pool_delta, "rho": config.pool_rho, "n": heavy.n, "n_unsafe": int(heavy_unsafe.sum())},
-        "probes": result.probes, "radii": radii, "context": context,
+        "pool": {"delta": pool_delta, "rho": config.pool_rho, "n": heavy.n, "n_unsafe": int(heavy_unsafe.sum()),
+                 "hits": heavy.test_hits.tolist()},
+        "probes": probes, "radii": found, "context": context, "warnings": warnings,
         "timings": {"total_s": total, "clean_s": clean_s, **ctx.timings},
-        "throughput": {"trajectories": steps, "trajectory_steps_per_s": steps * scfg.recipe.steps / max(total, 1e-9),
-                       "probes_per_hour": 3600.0 * len(result.probes) / max(total, 1e-9)},
+        "throughput": throughput(trajectories, scfg.recipe.steps, total, len(probes)),
         "versions": versions(), "backend": backend, "device": str(device), "features_by": clean.meta["features_by"],
     }
-    if certified:
-        best = max(certified, key=lambda p: p["delta"])
-        doc.update({k: best[k] for k in ("eta_star", "eta_check", "n_support", "epsilon_a_posteriori", "tau")})
+    if best is not None:
+        doc.update({k: best[k] for k in CERTIFIED_FIELDS})
+    log.info("certify: %s in %.1f s (%d probes)", status, total, len(probes))
     return Certificate(doc)
+
+
+def pool_sample_config(config: CertifyConfig) -> SampleConfig:
+    """The heavy-poison runs of the unsafe pool: the recipe with every point poisoned (pool_rho)."""
+    scfg = config.sample
+    return dataclasses.replace(scfg, threat=dataclasses.replace(scfg.threat, rho=config.pool_rho))
 
 
 def replay(config: SampleConfig, delta: float, seeds: Dict[str, int] | np.ndarray, *, data: Optional[Dataset] = None,

@@ -1,21 +1,62 @@
-"""Command line: ``barrierkit sample`` (and the commands later stages add).
+"""Command line: ``barrierkit sample | certify | verify | report``.
 
-Bad input exits with status 2 and one line naming the field; no partial output file is left.
+A user's mistake or an OS error is one line on stderr and a documented exit status, never a
+traceback; every output path is checked (and locked) before any work, and a late failure leaves
+every earlier file as it was. Progress goes to the ``barrierkit`` logger: one line per stage and
+per probe on stderr (and in ``--log-file``), with progress bars only on a terminal.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import traceback
 from typing import List, Optional
 
 import numpy as np
 
-from .config import ConfigError, FeatureSpec, ModelSpec, SampleConfig, SamplingAttack, ThreatModel, TrainRecipe
+from . import __version__
+from .certificate import CertificateError, DigestMismatch
+from .config import ATTACK_DESCRIPTIONS, ConfigError, FeatureSpec, ModelSpec, SampleConfig, SamplingAttack, ThreatModel, TrainRecipe
+from .outputs import OutputError, OutputLocks, check_outputs
+
+log = logging.getLogger("barrierkit")
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_REFUTED, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
+EXIT_NUMERICAL, EXIT_CHECK_FAILED, EXIT_SYSTEM, EXIT_INTERRUPTED = 5, 6, 7, 130
+EXIT_BY_STATUS = {"CERTIFIED": EXIT_OK, "REFUTED": EXIT_REFUTED, "INCONCLUSIVE": EXIT_INCONCLUSIVE}
+EXIT_CODES = """exit status:
+  0    success (certify: CERTIFIED)
+  1    internal error: a bug, please report it (--log-level debug shows the traceback)
+  2    bad input: an option or configuration value, an output path, an unreadable or foreign file
+  3    certify: REFUTED (a verification run ended unsafe at the smallest probed budget)
+  4    certify: INCONCLUSIVE (nothing certified, nothing refuted at the smallest probed budget)
+  5    numerical error: training diverged or an accuracy is not finite; no run was labelled
+  6    verify, report: the certificate contradicts itself, or a replayed run differs from it
+  7    system error: the operating system refused (disk full, permissions, out of memory)
+  130  interrupted"""
 
 
 class CliError(Exception):
     """A user error the CLI reports in one line with exit status 2."""
+
+
+class CheckFailed(Exception):
+    """A certificate failed ``verify``'s checks (exit status 6); one problem per line."""
+
+
+def say(text: str) -> None:
+    """Print to stdout; a reader that went away (``| head``) is not an error: the rest of the
+    output is dropped and the command still finishes (files written, exit status kept)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, AttributeError, ValueError):
+            pass
 
 
 def _hidden(text: str) -> tuple:
@@ -23,6 +64,9 @@ def _hidden(text: str) -> tuple:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"hidden: expected comma-separated ints like 32 or 64,32, got {text!r}")
+
+
+ATTACK_HELP = "; ".join(f"{name}: {text}" for name, text in ATTACK_DESCRIPTIONS.items())
 
 
 def add_sample_options(p: argparse.ArgumentParser) -> None:
@@ -41,18 +85,31 @@ def add_sample_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("threat model")
     g.add_argument("--rho", type=float, default=0.5, help="probability that a training point is poisoned (default: 0.5)")
     g.add_argument("--norm", default="inf", help="perturbation norm: inf or 2 (default: inf)")
-    g.add_argument("--attack", default="gradient", help="sampling attack: gradient (default), sign or uniform")
-    g.add_argument("--sign-noise", type=float, default=0.0, help="gradient attack: probability of flipping a point's direction")
+    g.add_argument("--attack", default="gradient", help=f"sampling attack A_δ, what a poisoned point gets: {ATTACK_HELP} "
+                                                        "(default: gradient)")
+    g.add_argument("--sign-noise", type=float, default=0.0,
+                   help="gradient attack only: probability that a poisoned point's direction is flipped (the attack "
+                        "then draws random perturbations instead of one fixed one per point) (default: 0)")
     g = p.add_argument_group("execution")
     g.add_argument("--seed", type=int, default=0, help="master seed; every trajectory's seeds derive from it (default: 0)")
     g.add_argument("--backend", default="auto",
                    help="auto (default: triton on CUDA, numba on the CPU when installed, else torch), torch (the "
-                        "readable reference), numba, triton or triton_tf32; recorded, since it defines the dynamics")
+                        "readable reference), numba (CPU), triton (the fused GPU kernel, IEEE float32 dot products) "
+                        "or triton_tf32 (the same kernel with TF32 tensor-core dot products: faster, about 1e-3 "
+                        "relative rounding per product); recorded in every result, since it defines the dynamics")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default: cuda when available, else cpu)")
     g.add_argument("--memory-mb", type=float, default=None,
                    help="memory budget that sizes trajectory chunks; results do not depend on it "
                         "(default: 2048 on the CPU, half the free memory of a CUDA device)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """Logging options every command takes."""
+    g = p.add_argument_group("output and logging")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="progress and diagnostics on stderr: info (default) logs one line per stage and probe")
+    g.add_argument("--log-file", default=None, help="also append the log to this file")
+    g.add_argument("--quiet", action="store_true", help="no progress bars, and log warnings and errors only")
 
 
 def config_from_args(args: argparse.Namespace) -> SampleConfig:
@@ -68,51 +125,60 @@ def config_from_args(args: argparse.Namespace) -> SampleConfig:
     )
 
 
-def _check_writable(path: str, field: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(directory):
-        raise CliError(f"{field}: folder {directory} does not exist")
+def _progress(args: argparse.Namespace) -> Optional[bool]:
+    return False if args.quiet else None
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .backends import resolve_device
+    from .config import check_alpha, check_count
     from .data import get_dataset
-    from .engine import PURPOSE_SAMPLE, clean_accuracy, sample, trajectory_seeds
-    from .io import write_json
+    from .engine import PURPOSE_SAMPLE, check_memory, clean_runs, sample, trajectory_seeds
+    from .io import json_bytes, write_together
+    from .labels import SafetyRule, chance_hits
 
     config = config_from_args(args)
-    if args.n < 1:
-        raise ConfigError("n", f"must be an int >= 1, got {args.n}")
-    summary_path = args.summary or os.path.splitext(args.out)[0] + ".json"
-    _check_writable(args.out, "out")
-    _check_writable(summary_path, "summary")
-    data = get_dataset(config.dataset)
-    from .backends import resolve_device
+    check_count(args.n, "n")
+    if not isinstance(args.n_clean, int) or args.n_clean < 0:
+        raise ConfigError("n_clean", f"must be an int >= 0, got {args.n_clean!r}")
+    check_alpha(args.alpha)
+    check_memory(config, args.n, "n")
+    summary_path = args.summary if args.summary is not None else os.path.splitext(args.out)[0] + ".json"
+    outputs = check_outputs([("out", args.out), ("summary", summary_path)])
+    device = resolve_device(args.device)
+    with OutputLocks(outputs):
+        data = get_dataset(config.dataset)
+        kw = dict(data=data, backend=args.backend, device=device, progress=_progress(args))
+        runs = sample(config, args.delta, trajectory_seeds(args.seed, PURPOSE_SAMPLE, args.n), **kw)
+        summary = {
+            "n": runs.n, "delta": runs.delta, "intervals": runs.intervals, "out": outputs[0][1],
+            "test_size": runs.test_size, "test_hits": _quantiles(runs.test_hits),
+            "test_accuracy": _quantiles(runs.test_accuracy), "poison_fraction_mean": float(runs.poison_fraction.mean()),
+            "meta": runs.meta,
+        }
+        chance = chance_hits(data.y_test)
+        if args.n_clean:
+            clean = clean_runs(config, args.n_clean, args.seed, **kw)
+            rule = SafetyRule.from_clean_hits(clean.test_hits, clean.test_size, args.alpha)
+            unsafe = rule.unsafe(runs.test_hits)
+            summary.update({"g_clean": rule.g_clean, "clean_median_hits": rule.clean_median_hits, "alpha": args.alpha,
+                            "n_clean": args.n_clean, "n_unsafe": int(unsafe.sum()), "unsafe_fraction": float(unsafe.mean()),
+                            "accuracy_drop": _quantiles(rule.accuracy_drop(runs.test_hits))})
+            if rule.near_chance(chance):
+                from .certificate import near_chance_warning
 
-    kw = dict(data=data, backend=args.backend, device=resolve_device(args.device), progress=False if args.quiet else None)
-    seeds = trajectory_seeds(args.seed, PURPOSE_SAMPLE, args.n)
-    runs = sample(config, args.delta, seeds, **kw)
-    summary = {
-        "n": runs.n, "delta": runs.delta, "intervals": runs.intervals, "out": os.path.abspath(args.out),
-        "test_accuracy": _quantiles(runs.test_accuracy), "poison_fraction_mean": float(runs.poison_fraction.mean()),
-        "meta": runs.meta,
-    }
+                log.warning(near_chance_warning(rule, chance))
+        elif np.median(runs.test_hits) <= chance:
+            log.warning("the runs' median test accuracy %.4f is no better than always predicting the majority class "
+                        "(%.4f): the recipe does not learn", float(np.median(runs.test_accuracy)), chance / runs.test_size)
+        write_together([(outputs[0][1], runs.write_to), (outputs[1][1], lambda fh: fh.write(json_bytes(summary)))])
+    say(f"{runs.n} trajectories at delta={runs.delta:g}: median test accuracy {np.median(runs.test_accuracy):.4f}, "
+        f"{summary['meta']['timings']['trajectory_steps_per_s']:.0f} trajectory-steps/s")
     if args.n_clean:
-        g_c, _ = clean_accuracy(config, args.n_clean, args.seed, **kw)
-        unsafe = runs.unsafe(g_c, args.alpha)
-        summary.update({"g_clean": g_c, "alpha": args.alpha, "n_clean": args.n_clean,
-                        "unsafe_fraction": float(unsafe.mean()), "accuracy_drop": _quantiles(runs.accuracy_drop(g_c))})
-    runs.save(args.out)
-    try:
-        write_json(summary_path, summary)
-    except BaseException:
-        os.unlink(args.out)
-        raise
-    print(f"{runs.n} trajectories at delta={runs.delta:g}: median test accuracy {np.median(runs.test_accuracy):.4f}, "
-          f"{summary['meta']['timings']['trajectory_steps_per_s']:.0f} trajectory-steps/s")
-    if args.n_clean:
-        print(f"g_c = {summary['g_clean']:.4f}; unsafe (G > {args.alpha:g}): {summary['unsafe_fraction']:.1%}")
-    print(f"wrote {args.out} and {summary_path}")
-    return 0
+        say(f"g_c = {summary['g_clean']:.4f}; unsafe (G > {args.alpha:g}, exact on hit counts): "
+            f"{summary['n_unsafe']} of {runs.n} ({summary['unsafe_fraction']:.1%})")
+    say(f"wrote {args.out} and {summary_path}")
+    return EXIT_OK
 
 
 def certify_config_from_args(args: argparse.Namespace):
@@ -121,86 +187,74 @@ def certify_config_from_args(args: argparse.Namespace):
     return CertifyConfig(
         sample=config_from_args(args), alpha=args.alpha, epsilon=args.epsilon, beta=args.beta, n_verify=args.n_verify,
         n_train=args.n_train, n_clean=args.n_clean, n_pool=args.n_pool, max_probes=args.max_probes,
-        delta_start=args.delta_start, delta_hi=args.delta_hi, rel_tol=args.rel_tol, solver=args.solver.upper(),
-        seed=args.seed,
+        delta_start=args.delta_start if args.delta_start is not None else DELTA_START, delta_hi=args.delta_hi,
+        rel_tol=args.rel_tol, solver=args.solver.upper(), seed=args.seed,
     )
+
+
+DELTA_START = 0.05
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
     from .api import certify
-    from .backends import resolve_device
+    from .report import profile_table
 
     config = certify_config_from_args(args)
-    if args.out:
-        _check_writable(args.out, "out")
-    cert = certify(config, backend=args.backend, device=resolve_device(args.device), progress=False if args.quiet else None)
-    if args.out:
-        cert.save(args.out)
-    print(cert.summary())
-    if args.profile:
-        print("\n" + profile_table(cert.doc))
-    if args.out:
-        print(f"\ncertificate written to {args.out} (owner-only); check it with: barrierkit verify {args.out}")
-    return 0
+    if args.delta_hi is not None and args.delta_start is not None:
+        log.warning("--delta-start %g is not used: with --delta-hi the search probes %g first and bisects below it",
+                    args.delta_start, args.delta_hi)
+    outputs = check_outputs([("out", args.out)]) if args.out is not None else []
+    with OutputLocks(outputs):
+        cert = certify(config, backend=args.backend, device=args.device, progress=_progress(args))
+        failure = None
+        if outputs:
+            try:
+                cert.save(outputs[0][1])
+            except OSError as exc:
+                failure = exc
+        say(cert.summary())
+        if args.profile:
+            say("\n" + profile_table(cert.doc))
+    if failure is not None:
+        print(f"barrierkit certify: error: out: could not write {args.out}: {failure.strerror or failure}; nothing "
+              "was written, and the report above is all that remains of this run", file=sys.stderr)
+        return EXIT_SYSTEM
+    if outputs:
+        say(f"\ncertificate written to {args.out} (owner-only); check it with: barrierkit verify {args.out}")
+    else:
+        log.warning("nothing was saved: no --out was given, so the report above is all that remains of this run")
+    return EXIT_BY_STATUS[cert.status]
 
 
-PROFILE_STAGES = (("clean runs (g_c)", "clean_s"), ("sampling (pool, probe splits)", "sampling_s"),
-                  ("barrier fit", "barrier_s"), ("scenario program", "scp_s"))
+def _load_checked(path: str):
+    """Load a certificate and run the quick checks; CheckFailed lists every problem."""
+    from .certificate import Certificate
 
-
-def profile_stages(doc: dict) -> list:
-    """[(stage, seconds, share of total)] from a certificate's timings; "other" is the rest."""
-    t = doc["timings"]
-    total = float(t["total_s"])
-    rows = [(name, float(t.get(key, 0.0))) for name, key in PROFILE_STAGES]
-    rows.append(("other (reference, bookkeeping)", max(0.0, total - sum(s for _, s in rows))))
-    return [(name, s, s / total if total > 0 else 0.0) for name, s in rows] + [("total", total, 1.0 if total > 0 else 0.0)]
-
-
-def profile_table(doc: dict) -> str:
-    """Where the time of a certification went, stage by stage (``certify --profile``)."""
-    lines = ["profile: where the time went", f"  {'stage':32s} {'seconds':>10s} {'share':>7s}"]
-    for name, seconds, share in profile_stages(doc):
-        lines.append(f"  {name:32s} {seconds:10.2f} {share:7.1%}")
-    t = doc["timings"]
-    if "sampling_train_s" in t:  # certificates from before this breakdown lack it
-        lines.append(f"  sampling (probes and pool; clean runs apart): training steps {t['sampling_train_s']:.2f} s, "
-                     f"features phi {t['sampling_features_s']:.2f} s ({doc.get('features_by', 'torch')}), "
-                     f"test accuracy {t['sampling_eval_s']:.2f} s")
-    tp = doc.get("throughput", {})
-    runs, steps = tp.get("trajectories", 0), doc["config"]["sample"]["recipe"]["steps"]
-    sampling = float(t.get("clean_s", 0.0)) + float(t.get("sampling_s", 0.0))
-    lines.append(f"  trajectory-steps/s: {tp.get('trajectory_steps_per_s', 0.0):,.0f} over the whole certification "
-                 f"({runs} runs x {steps} steps); {runs * steps / sampling if sampling > 0 else 0.0:,.0f} while sampling")
-    return "\n".join(lines)
+    cert = Certificate.load(path)
+    problems = cert.check()
+    if problems:
+        raise CheckFailed(f"{path}: FAILED: {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n"
+                          + "\n".join(f"  - {p}" for p in problems))
+    return cert
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .certificate import Certificate, CertificateError
+    cert = _load_checked(args.certificate)
+    say(f"{args.certificate}: OK: {cert.status}; every derivable field of the document re-derived "
+        f"({len(cert.doc['probes'])} probes: labels, counts, witnesses, epsilons, eta_check, statuses, search path, radii)")
+    if args.replay:
+        from .replay import replay_certificate
 
-    try:
-        cert = Certificate.load(args.certificate)
-    except CertificateError as exc:
-        raise CliError(str(exc)) from None
-    try:
-        problems = cert.check()
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CliError(f"certificate: malformed document ({type(exc).__name__}: {exc})") from None
-    if problems:
-        raise CliError("certificate: " + "; ".join(problems))
-    print(f"{args.certificate}: OK: {cert.status}; {len(cert.doc['probes'])} probes re-checked "
-          f"(PAC arithmetic, eta_check from stored margins, statuses, radii)")
-    return 0
+        result = replay_certificate(cert.doc, progress=_progress(args))
+        if not result.ok:
+            raise CheckFailed(f"{args.certificate}: REPLAY FAILED: {result.mismatch}")
+        say(f"{args.certificate}: REPLAY OK: {result.summary}")
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .certificate import Certificate, CertificateError
-
-    try:
-        print(Certificate.load(args.certificate).summary())
-    except CertificateError as exc:
-        raise CliError(str(exc)) from None
-    return 0
+    say(_load_checked(args.certificate).summary())
+    return EXIT_OK
 
 
 def _quantiles(x: np.ndarray) -> dict:
@@ -210,27 +264,35 @@ def _quantiles(x: np.ndarray) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="barrierkit",
-        description="Certify how much data poisoning a training recipe can take, with barrier certificates.",
+        prog="barrierkit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
+        description="Certify how much data poisoning a training recipe can take, with barrier certificates. "
+                    "A certificate is relative to its sampling attack: it covers only the perturbations that attack "
+                    "draws (see 'barrierkit certify --help').",
     )
+    parser.add_argument("--version", action="version", version=f"barrierkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sample", help="sample N (poisoned) training runs and record their trajectories",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
                        description="Run N training runs poisoned at budget --delta and record their features "
-                                   "(a .npz Trajectories file) and a JSON summary.")
+                                   "(a .npz Trajectories file) and a JSON summary. Both files are written together "
+                                   "at the end: a failure leaves earlier files as they were.")
     p.add_argument("--n", type=int, default=1000, help="number of trajectories (default: 1000)")
     p.add_argument("--delta", type=float, required=True, help="poisoning budget: ||Delta||_p <= delta")
     p.add_argument("--out", default="trajectories.npz", help="Trajectories file to write (default: trajectories.npz)")
-    p.add_argument("--summary", default=None, help="JSON summary path (default: OUT with .json)")
+    p.add_argument("--summary", default=None, help="JSON summary path (default: OUT with .json; must differ from OUT)")
     p.add_argument("--n-clean", type=int, default=0, help="also run N_c clean runs for g_c and the unsafe fraction (default: 0)")
-    p.add_argument("--alpha", type=float, default=0.05, help="safety threshold on the accuracy drop (default: 0.05)")
+    p.add_argument("--alpha", type=float, default=0.05, help="safety threshold on the accuracy drop, in [0, 1] (default: 0.05)")
     add_sample_options(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("certify", help="search the largest certified poisoning budget and write a Certificate",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
                        description="Bisect over the budget delta; at each probe sample fresh poisoned runs, fit a "
                                    "neural barrier certificate on a training split and verify it with a scenario "
                                    "convex program on a verification split (PAC: confidence 1 - beta, violation "
-                                   "level epsilon). Prints the report; writes the JSON certificate to --out.")
+                                   "level epsilon). Prints the report; writes the JSON certificate to --out. The "
+                                   "result holds only for the named sampling attack (--attack).")
     g = p.add_argument_group("certificate")
     g.add_argument("--alpha", type=float, default=0.05, help="unsafe when the accuracy drop G = g_c - g exceeds alpha (default: 0.05)")
     g.add_argument("--epsilon", type=float, default=0.02, help="largest acceptable violation level (default: 0.02)")
@@ -240,40 +302,122 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-clean", type=int, default=200, help="clean runs for g_c (default: 200)")
     g.add_argument("--n-pool", type=int, default=200, help="heavily poisoned runs for the unsafe pool (default: 200)")
     g.add_argument("--max-probes", type=int, default=8, help="K_max, probes in the search (beta is split over them) (default: 8)")
-    g.add_argument("--delta-start", type=float, default=0.05, help="first probe when bracketing by doubling (default: 0.05)")
-    g.add_argument("--delta-hi", type=float, default=None, help="upper end of the search (default: bracket by doubling)")
+    g.add_argument("--delta-start", type=float, default=None,
+                   help=f"first probe when bracketing by doubling (default: {DELTA_START}; not used with --delta-hi)")
+    g.add_argument("--delta-hi", type=float, default=None,
+                   help="upper end of the search: probed first, then bisected below (default: bracket by doubling)")
     g.add_argument("--rel-tol", type=float, default=0.05, help="stop bisecting at this relative bracket width (default: 0.05)")
     g.add_argument("--solver", default="CLARABEL", help="CLARABEL (default), OSQP (re-checked, falls back) or HIGHS (LP)")
-    g.add_argument("--out", default=None, help="write the JSON certificate here (owner-only permissions)")
+    g.add_argument("--out", default=None, help="write the JSON certificate here (owner-only permissions; locked while "
+                                               "this run works toward it; default: nothing is saved)")
     g.add_argument("--profile", action="store_true",
                    help="after the report, print where the time went, stage by stage (seconds, share, trajectory-steps/s)")
     add_sample_options(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_certify)
 
-    p = sub.add_parser("verify", help="re-check a saved certificate's numbers",
-                       description="Re-check a certificate: its digest, the PAC arithmetic of every probe, eta_check "
-                                   "from the stored margins, the statuses and the radii. Exit 0 when all hold, 2 if not.")
+    p = sub.add_parser("verify", help="re-derive a saved certificate; --replay re-runs its runs",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
+                       description="Check a certificate. Always: its digest (a checksum, not a signature) and every "
+                                   "field that follows from other fields of the document (labels, counts and "
+                                   "witnesses from the stored hit counts, every epsilon, eta_check from the stored "
+                                   "margins, statuses, the search path, radii, context). With --replay: re-run every "
+                                   "run from its seeds with the recorded backend (clean runs, pool, each probe's "
+                                   "training and verification split) and recompute the hit counts, labels, "
+                                   "witnesses, scenario rows and eta_check from the stored barrier and solution; "
+                                   "this takes about as long as the certification's sampling. Reports the first "
+                                   "mismatch.")
     p.add_argument("certificate", help="certificate JSON written by barrierkit certify --out")
+    p.add_argument("--replay", action="store_true", help="also re-run every run of the certificate (slow; see above)")
+    add_common_options(p)
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("report", help="print the plain-text report of a saved certificate")
+    p = sub.add_parser("report", help="print the plain-text report of a saved certificate",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
+                       description="Print the report of a saved certificate: the guarantee in one sentence, the "
+                                   "sampling attack, the radii, every probe, the radius in context, warnings and what "
+                                   "the certificate does not mean. The document is checked as 'verify' checks it "
+                                   "first; a document that fails is refused the same way.")
     p.add_argument("certificate", help="certificate JSON")
+    add_common_options(p)
     p.set_defaults(func=cmd_report)
     return parser
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines on stderr that do not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # a log line must never end the run
+            self.handleError(record)
+
+
+def setup_logging(args: argparse.Namespace) -> List[logging.Handler]:
+    """Handlers for the ``barrierkit`` logger: stderr, and ``--log-file`` when given."""
+    level = logging.WARNING if args.quiet else getattr(logging, args.log_level.upper())
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    handlers: List[logging.Handler] = [_TqdmHandler()]
+    if args.log_file is not None:
+        (_, path), = check_outputs([("log-file", args.log_file)])
+        try:
+            handlers.append(logging.FileHandler(path, mode="a", encoding="utf-8"))
+        except OSError as exc:
+            raise OutputError(f"log-file: cannot open {args.log_file}: {exc.strerror}") from None
+    for h in handlers:
+        h.setFormatter(fmt)
+        h.setLevel(level)
+        log.addHandler(h)
+    log.setLevel(level)
+    log.propagate = False
+    return handlers
+
+
+def _describe_failure(exc: BaseException) -> tuple:
+    """(exit status, one-line message) for an exception that ends a command."""
+    if isinstance(exc, CheckFailed):
+        return EXIT_CHECK_FAILED, str(exc)
+    if isinstance(exc, DigestMismatch):
+        return EXIT_CHECK_FAILED, str(exc)
+    if isinstance(exc, (ConfigError, CliError, OutputError, CertificateError, ValueError)):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, FloatingPointError):
+        return EXIT_NUMERICAL, f"numerical error: {exc}"
+    if isinstance(exc, MemoryError):
+        return EXIT_SYSTEM, ("out of memory" + (f" ({exc})" if str(exc) else "")
+                             + ": lower the number of runs (--n, --n-verify) or --memory-mb")
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EXIT_SYSTEM, f"system error: {where}{exc.strerror or exc}"
+    return EXIT_INTERNAL, (f"internal error: {type(exc).__name__}: {exc} (a bug in barrierkit; rerun with "
+                           "--log-level debug for the traceback, and please report it)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    handlers: List[logging.Handler] = []
     try:
+        handlers = setup_logging(args)
         return int(args.func(args))
-    except (ConfigError, CliError, ValueError) as exc:
-        print(f"barrierkit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print("barrierkit: interrupted", file=sys.stderr)
-        return 130
-
+        print(f"barrierkit {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # every failure ends as one line and an exit status (see EXIT_CODES)
+        code, message = _describe_failure(exc)
+        log.debug("traceback:\n%s", traceback.format_exc())
+        for h in handlers:
+            if isinstance(h, logging.FileHandler) and code == EXIT_INTERNAL:
+                h.stream.write(traceback.format_exc())
+        print(f"barrierkit {args.command}: error: {message}", file=sys.stderr)
+        return code
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
 
 if __name__ == "__main__":
     sys.exit(main())

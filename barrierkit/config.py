@@ -12,6 +12,14 @@ from typing import Any, Dict, Tuple
 
 NORMS = ("inf", "2")
 ATTACKS = ("uniform", "sign", "gradient")
+ATTACK_DESCRIPTIONS = {
+    "gradient": "δ times the sign (ℓ∞) or unit direction (ℓ2) of one clean reference model's input gradient "
+                "of the point's loss, computed once before training: a fixed, one-shot direction that does not adapt "
+                "to the run being poisoned",
+    "sign": "a random corner of the ℓ∞ ball (ℓ2: a random sign vector scaled to norm δ)",
+    "uniform": "uniform in the ℓp ball of radius δ",
+}
+"""What each sampling attack draws for a poisoned point (the distribution A_delta is relative to)."""
 DTYPES = ("float32", "float64")
 
 
@@ -61,11 +69,10 @@ class ThreatModel:
 
 @dataclass(frozen=True)
 class SamplingAttack:
-    """The distribution A_delta the perturbations are drawn from; every guarantee names it.
-
-    ``gradient``: delta times the normalised input gradient of a clean reference model (trained
-    once, seed ``reference_seed``), each poisoned point's sign flipped with probability
-    ``sign_noise``. ``sign``: random l_inf corners. ``uniform``: uniform in the l_p ball.
+    """The distribution A_delta the perturbations are drawn from; every guarantee names it
+    (:data:`ATTACK_DESCRIPTIONS`). The ``gradient`` attack's reference model is one clean run
+    (seed ``reference_seed``); ``sign_noise`` flips each poisoned point's direction with that
+    probability, which makes the attack random rather than one fixed perturbation of the data.
     """
 
     kind: str = "gradient"
@@ -189,11 +196,15 @@ def check_delta(delta: Any) -> float:
     return float(delta)
 
 
+def check_alpha(alpha: Any) -> float:
+    """The safety threshold alpha on the accuracy drop must be a number in [0, 1]."""
+    _check(_finite(alpha) and 0.0 <= alpha <= 1.0, "alpha", f"must be in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
 def check_count(n: Any, field_name: str = "n") -> int:
     _check(_positive_int(n), field_name, f"must be an int >= 1, got {n!r}")
     return int(n)
-
-
 
 
 SOLVER_NAMES = ("CLARABEL", "OSQP", "HIGHS")
@@ -242,7 +253,7 @@ class CertifyConfig:
         elif isinstance(self.barrier, dict):
             object.__setattr__(self, "barrier", BarrierConfig(**self.barrier))
         _check(isinstance(self.barrier, BarrierConfig), "barrier", "must be a BarrierConfig")
-        _check(_finite(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", f"must be in [0, 1], got {self.alpha!r}")
+        check_alpha(self.alpha)
         _check(_finite(self.epsilon) and 0.0 < self.epsilon < 1.0, "epsilon", f"must be in (0, 1), got {self.epsilon!r}")
         _check(_finite(self.beta) and 0.0 < self.beta < 1.0, "beta", f"must be in (0, 1), got {self.beta!r}")
         for name in ("n_verify", "n_train", "n_clean", "n_pool", "max_probes"):

@@ -1,26 +1,19 @@
-"""Putting a radius in context: l_p -> l_q conversion and typical distances in the data.
+"""Putting a radius in context: typical distances in the data.
 
-Seed 002 (Cullen et al.), Theorem 2: an l_p certificate of radius r_p covers l_q perturbations
-only up to r_q = min(D^(1/q - 1/p), 1) * r_p, D the input dimension. And a budget means little
-without a scale: the median distance from a training point to its nearest differently-labelled
-training point, in the same norm, is the scale we report beside it.
+A budget means little without a scale: the median distance from a training point to its nearest
+differently-labelled training point, in the threat's norm, is the scale reported beside it.
+
+No l_p -> l_q conversion is reported. The conversion of Cullen et al. ("Position: Certified
+Robustness Does Not (Yet) Imply Model Security", Theorem 2: r_q = min(D^(1/q - 1/p), 1) r_p)
+is a statement about worst-case balls; a certificate relative to a sampling attack covers only
+the perturbations that attack draws, not every point of a smaller ball in another norm.
 """
 from __future__ import annotations
 
-import math
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 from scipy.spatial.distance import cdist
-
-NORM_EXPONENT = {"1": 1.0, "2": 2.0, "inf": math.inf}
-
-
-def lq_radius(r_p: float, p: str, q: str, dim: int) -> float:
-    """The largest l_q radius an l_p certificate of radius r_p covers (Theorem 2 of seed 002)."""
-    inv_p = 0.0 if NORM_EXPONENT[p] == math.inf else 1.0 / NORM_EXPONENT[p]
-    inv_q = 0.0 if NORM_EXPONENT[q] == math.inf else 1.0 / NORM_EXPONENT[q]
-    return min(dim ** (inv_q - inv_p), 1.0) * r_p
 
 
 def nearest_other_class_distances(x: np.ndarray, y: np.ndarray, norm: str, chunk: int = 512) -> np.ndarray:
@@ -34,14 +27,16 @@ def nearest_other_class_distances(x: np.ndarray, y: np.ndarray, norm: str, chunk
     return out
 
 
+def radius_ratio(radius: float, median_distance: float) -> Optional[float]:
+    """The radius as a fraction of the median nearest-other-class distance (None when that is 0)."""
+    return radius / median_distance if median_distance > 0 else None
+
+
 def radius_context(radius: float, norm: str, x: np.ndarray, y: np.ndarray) -> Dict[str, object]:
-    """The radius in other norms and relative to the data's nearest-other-class distances."""
-    dim = x.shape[1]
-    dists = nearest_other_class_distances(x, y, norm)
-    median = float(np.median(dists))
+    """The radius relative to the data's nearest-other-class distances."""
+    median = float(np.median(nearest_other_class_distances(x, y, norm)))
     return {
-        "norm": norm, "radius": radius, "input_dim": dim,
-        "covered_radius_in": {q: lq_radius(radius, norm, q, dim) for q in ("1", "2", "inf")},
+        "norm": norm, "radius": radius, "input_dim": int(x.shape[1]),
         "median_nearest_other_class_distance": median,
-        "radius_over_median_distance": radius / median if median > 0 else None,
+        "radius_over_median_distance": radius_ratio(radius, median),
     }

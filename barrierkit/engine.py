@@ -8,6 +8,8 @@ size never changes a result because every random draw is keyed by a trajectory's
 from __future__ import annotations
 
 import json
+import logging
+import os
 import platform
 import sys
 import time
@@ -22,11 +24,15 @@ from .backends import StepProblem, TrainState, feature_map, get_backend, resolve
 from .config import ConfigError, SampleConfig, check_count, check_delta
 from .data import Dataset, get_dataset
 from .features import feature_names
+from .labels import hits_from_accuracy, name_runs
 from .models import MLPShape, flatten, init_params
 from .poison import PoisonSpec
 from .rng import SEED_LIMIT, derive_seeds
 from .schedule import Schedule
 from .trajectories import SEED_COLUMNS, Trajectories
+
+DIVERGING_DRIFT = 1e6  # ||theta - theta(0)|| beyond this is an exploding run (initial ||theta|| is O(10))
+log = logging.getLogger("barrierkit")
 
 # Seed families: trajectory seeds are derived as derive_seeds(master, 3 * purpose + column).
 PURPOSE_CLEAN = 1
@@ -75,6 +81,29 @@ def memory_budget_mb(config: SampleConfig, device: torch.device | str = "cpu") -
     return CPU_MEMORY_BUDGET_MB
 
 
+def result_bytes(config: SampleConfig, n: int) -> int:
+    """Memory the recorded results of ``n`` runs hold at once: features [n, K+1, k] float64 plus
+    seeds, hit counts and poison fractions (the chunked training state comes on top)."""
+    return int(n) * ((config.recipe.intervals + 1) * config.features.dim * 8 + 6 * 8)
+
+
+def physical_memory_bytes() -> Optional[int]:
+    """The machine's physical memory, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(config: SampleConfig, n: int, field_name: str = "n") -> None:
+    """Refuse, before any work, a number of runs whose recorded results alone exceed the
+    machine's memory (a ConfigError naming ``field_name`` instead of a MemoryError later)."""
+    need, have = result_bytes(config, n), physical_memory_bytes()
+    if have is not None and need > have:
+        raise ConfigError(field_name, f"{n} runs need {need / 2**30:,.1f} GiB for their recorded features alone; "
+                                      f"this machine has {have / 2**30:,.1f} GiB")
+
+
 def chunk_size(config: SampleConfig, data: Dataset, n: int, device: torch.device | str = "cpu") -> int:
     """Trajectories per chunk so that one chunk fits the memory budget."""
     per = bytes_per_trajectory(config, data)
@@ -105,6 +134,7 @@ def sample(
     """Run one training trajectory per row of ``seeds`` at budget ``delta``; record phi and g."""
     delta = check_delta(delta)
     seeds = _validate_seeds(seeds)
+    check_memory(config, seeds.shape[0])
     data = data if data is not None else get_dataset(config.dataset)
     if config.recipe.batch > data.x_train.shape[0]:
         raise ConfigError("batch", f"must be <= the number of training points ({data.x_train.shape[0]})")
@@ -173,9 +203,14 @@ def sample(
         bar.close()
     timings["total_s"] = time.perf_counter() - t_start
     timings["trajectory_steps_per_s"] = n * recipe.steps / max(timings["train_s"] + timings["features_s"], 1e-12)
-    if not np.all(np.isfinite(features)):
-        bad = int(np.argwhere(~np.isfinite(features).all(axis=(1, 2)))[0, 0])
-        raise FloatingPointError(f"trajectory {bad} diverged (non-finite features); lower the learning rate")
+    bad = np.flatnonzero(~np.isfinite(features).all(axis=(1, 2)))
+    if bad.size:
+        raise FloatingPointError(f"runs {name_runs(bad)} of {n} diverged (non-finite features); lower the learning rate")
+    test_hits = hits_from_accuracy(test_acc, int(data.x_test.shape[0]))
+    drift = float(features[:, :, -1].max())
+    if drift > DIVERGING_DRIFT:
+        log.warning("training diverges: parameters moved up to %.3g from their initial values (||theta - theta(0)||); "
+                    "the results describe an exploding recipe: lower the learning rate", drift)
     meta = {
         "config": config.to_dict(), "delta": delta, "backend": backend, "backend_meta": getattr(step_fn, "meta", None), "features_by": fmap.name,
         "device": str(device),
@@ -184,21 +219,36 @@ def sample(
         "chunk": size, "timings": timings, "versions": versions(),
     }
     meta = json.loads(json.dumps(meta))  # exactly what a saved file loads back (lists, not tuples)
-    return Trajectories(features, test_acc, seeds, fraction, delta, meta)
+    return Trajectories(features, test_hits, int(data.x_test.shape[0]), seeds, fraction, delta, meta)
 
 
-def clean_accuracy(config: SampleConfig, n_clean: int, master_seed: int, **kwargs) -> tuple[float, Trajectories]:
-    """g_c: the median terminal test accuracy of ``n_clean`` clean runs (delta = 0), and the runs."""
-    runs = sample(config, 0.0, trajectory_seeds(master_seed, PURPOSE_CLEAN, n_clean), description="clean runs", **kwargs)
-    return float(np.median(runs.test_accuracy)), runs
+def clean_runs(config: SampleConfig, n_clean: int, master_seed: int, **kwargs) -> Trajectories:
+    """``n_clean`` clean runs (delta = 0): their median test hit count defines g_c
+    (:meth:`barrierkit.labels.SafetyRule.from_clean_hits`)."""
+    return sample(config, 0.0, trajectory_seeds(master_seed, PURPOSE_CLEAN, n_clean), description="clean runs", **kwargs)
 
 
 def versions() -> dict:
-    """Versions that define the simulated dynamics and the result."""
+    """Versions and the machine that define the simulated dynamics and the result. The CPU and
+    torch's vector-kernel capability are recorded because float results (and so a replay) are
+    bit-identical only on the same kind of CPU."""
     return {
         "barrierkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "numpy": np.__version__, "platform": platform.platform(),
+        "numpy": np.__version__, "platform": platform.platform(), "cpu": cpu_model(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
-__all__ = ["sample", "clean_accuracy", "trajectory_seeds", "chunk_size", "bytes_per_trajectory", "memory_budget_mb"]
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+__all__ = ["sample", "clean_runs", "trajectory_seeds", "chunk_size", "bytes_per_trajectory", "memory_budget_mb"]

@@ -2,8 +2,8 @@
 
 A probe samples a training split (fits the barrier trunk psi and w0) and a verification split
 that nothing else has seen, both at delta with seeds of their own; labels every run unsafe when
-G = g_c - g > alpha; solves the scenario program on the verification split with psi fixed
-(METHOD section 6) and attaches the PAC level epsilon(N_v, d, beta / K_max). It also evaluates
+G = g_c - g > alpha (exactly, on hit counts: barrierkit.labels); solves the scenario program on
+the verification split with psi fixed (METHOD section 6) and attaches the PAC level epsilon(N_v, d, beta / K_max). It also evaluates
 the direct baseline on the same runs: no barrier, the d = 1 scenario bound on the terminal
 labels of all of this probe's runs (training and verification, all i.i.d. draws of A_delta).
 """
@@ -21,6 +21,8 @@ from .barrier import Barrier, fit_barrier
 from .config import CertifyConfig, SampleConfig
 from .data import Dataset
 from .engine import sample, trajectory_seeds
+from .labels import SafetyRule
+from .outcomes import first_unsafe, label_fields, probe_status, training_split_consistency, witness_record
 from .scenario import ScenarioProblem, solve
 from .trajectories import Trajectories
 
@@ -34,7 +36,7 @@ class CertifyContext:
 
     config: CertifyConfig
     data: Dataset
-    g_clean: float
+    rule: SafetyRule  # g_c and alpha: decides every label exactly
     pool: List[Tuple[float, np.ndarray]]  # (budget, terminal features [*, k]) of known-unsafe runs
     backend: str = "torch"
     device: str = "cpu"
@@ -68,15 +70,6 @@ class CertifyContext:
         return np.concatenate(parts) if parts else np.empty((0, k))
 
 
-def witness(runs: Trajectories, index: int, g_clean: float, delta: float) -> Dict[str, Any]:
-    """A replayable unsafe run: its seeds, the backend that ran it, and what it ended with."""
-    return {
-        "delta": delta, "backend": runs.meta["backend"], "seeds": {"init": int(runs.seeds[index, 0]), "poison": int(runs.seeds[index, 1]),
-                                  "schedule": int(runs.seeds[index, 2])},
-        "test_accuracy": float(runs.test_accuracy[index]), "accuracy_drop": float(g_clean - runs.test_accuracy[index]),
-    }
-
-
 def scenario_rows(barrier: Barrier, features: np.ndarray, pool: np.ndarray, device: str) -> Tuple[Dict[str, np.ndarray], str]:
     """psi_i(0), the increments, psi_i(K) and psi(pool) in float64: by the fused Triton kernel on
     CUDA (kernels/barrier_eval.py, ~1e-15 relative to numpy), else by ``Barrier.psi``."""
@@ -93,43 +86,43 @@ def scenario_rows(barrier: Barrier, features: np.ndarray, pool: np.ndarray, devi
             "pool": barrier.psi(pool)}, "numpy"
 
 
+def split_purpose(index: int, split: str) -> int:
+    """The seed family of probe ``index``'s training or verification split."""
+    return PURPOSE_PROBE_BASE + 2 * int(index) + (1 if split == "verify" else 0)
+
+
 def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
     """Certify, refute or give up on budget ``delta``; the probe's full record (JSON-safe)."""
     cfg = ctx.config
     beta_probe = cfg.beta_per_probe
-    train = ctx.sample(delta, PURPOSE_PROBE_BASE + 2 * index, cfg.n_train, f"probe {index + 1} δ={delta:.4g} train")
-    verify = ctx.sample(delta, PURPOSE_PROBE_BASE + 2 * index + 1, cfg.n_verify, f"probe {index + 1} δ={delta:.4g} verify")
-    u_train = train.unsafe(ctx.g_clean, cfg.alpha)
-    u_verify = verify.unsafe(ctx.g_clean, cfg.alpha)
-    n_all = train.n + verify.n
-    any_unsafe = bool(u_train.any() or u_verify.any())
-    eps_direct = pac.epsilon(n_all, 1, beta_probe)
+    runs = {split: ctx.sample(delta, split_purpose(index, split), cfg.n_train if split == "train" else cfg.n_verify,
+                              f"probe {index + 1} δ={delta:.4g} {split}") for split in ("train", "verify")}
+    train, verify = runs["train"], runs["verify"]
+    hits = {split: runs[split].test_hits for split in ("train", "verify")}
+    u_train, u_verify = ctx.rule.unsafe(hits["train"]), ctx.rule.unsafe(hits["verify"])
     record: Dict[str, Any] = {
         "index": index, "delta": float(delta), "beta": beta_probe, "n_train": train.n, "n_verify": verify.n,
-        "n_unsafe_train": int(u_train.sum()), "n_unsafe_verify": int(u_verify.sum()),
-        "verify_accuracy_drop": _summary(verify.accuracy_drop(ctx.g_clean)),
+        "hits": {split: h.tolist() for split, h in hits.items()},
+        **label_fields(ctx.rule, hits, beta_probe, cfg.epsilon),
         "poison_fraction_mean": float(verify.poison_fraction.mean()),
-        "direct": {"n": n_all, "d": 1, "epsilon": eps_direct, "passed": (not any_unsafe) and eps_direct <= cfg.epsilon},
-        "witness": None, "verdict": None, "barrier": None,
+        "witness": None, "verdict": None, "barrier": None, "epsilon": None, "d": cfg.decision_variables,
     }
-    if u_verify.any():
-        record["witness"] = witness(verify, int(np.flatnonzero(u_verify)[0]), ctx.g_clean, delta)
-    elif u_train.any():
-        record["witness"] = witness(train, int(np.flatnonzero(u_train)[0]), ctx.g_clean, delta)
+    found = first_unsafe(ctx.rule, hits)
+    if found is not None:
+        split, i = found
+        record["witness"] = witness_record(ctx.rule, split, i, int(hits[split][i]), runs[split].seeds[i], delta,
+                                           runs[split].meta["backend"])
     # the training split's unsafe terminal states join the pool for later probes at smaller budgets;
     # training splits are independent of every verification split
     if u_train.any():
         ctx.pool.append((float(delta), train.features[u_train, -1]))
-    if u_verify.any():
+    pool = ctx.pool_above(delta)
+    if u_verify.any() or len(pool) == 0:
         # no barrier can certify a verification split with an unsafe run (METHOD section 6): the
         # scenario program would return eta* >= kappa/(K+2) > 0, so it is not solved
-        record.update(status="REFUTED", epsilon=None, d=cfg.decision_variables,
-                      reason=f"{int(u_verify.sum())} of {verify.n} verification runs ended unsafe (G > {cfg.alpha:g}); witness recorded")
-        return record
-    pool = ctx.pool_above(delta)
-    if len(pool) == 0:
-        record.update(status="INCONCLUSIVE", reason="no unsafe state from a larger budget to separate from (empty pool)",
-                      epsilon=None, d=cfg.decision_variables)
+        status, reason = probe_status(n_unsafe_verify=record["n_unsafe_verify"], n_verify=verify.n, alpha=cfg.alpha,
+                                      pool_rows=len(pool))
+        record.update(status=status, reason=reason)
         return record
 
     tic = time.perf_counter()
@@ -144,16 +137,12 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
     eps_post = None
     if verdict.n_support is not None and verdict.n_support <= verdict.d:
         eps_post = pac.epsilon_a_posteriori(verify.n, verdict.n_support, beta_probe, verdict.d)
-    status, reason = verdict.status, verdict.reason
-    if status == "CERTIFIED" and eps > cfg.epsilon:
-        status, reason = "INCONCLUSIVE", f"epsilon {eps:.4g} exceeds the requested {cfg.epsilon:g}"
     consistency = training_split_consistency(int(u_train.sum()), train.n, eps, beta_probe)
-    if status == "CERTIFIED" and consistency["contradicts"]:
-        status, reason = "INCONCLUSIVE", (
-            f"the training split's unsafe rate is at least {consistency['rate_lower_bound']:.4g} at confidence "
-            f"1 - {beta_probe:.3g} ({consistency['n_unsafe']}/{consistency['n']} runs), above epsilon {eps:.4g}: "
-            "the independent training runs contradict the certificate")
     vd = verdict.to_dict()
+    status, reason = probe_status(
+        n_unsafe_verify=0, n_verify=verify.n, alpha=cfg.alpha, pool_rows=len(pool),
+        solved={"solver_status": verdict.solver_status, "eta_check": verdict.eta_check, "rounding_bound": verdict.rounding_bound,
+                "tau": cfg.tau, "epsilon": eps, "epsilon_requested": cfg.epsilon, "train_consistency": consistency})
     record.update(
         status=status, reason=reason, epsilon=eps, epsilon_a_posteriori=eps_post, d=verdict.d,
         n_support=verdict.n_support, eta_star=vd["eta_star"], eta_check=vd["eta_check"], tau=cfg.tau,
@@ -165,22 +154,3 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
                  "out_dim": barrier.out_dim, "trunk": barrier.to_dict()},
     )
     return record
-
-
-def training_split_consistency(n_unsafe: int, n: int, epsilon: float, beta: float) -> Dict[str, Any]:
-    """Do the probe's training runs contradict a certificate at level epsilon?
-
-    The training split is an i.i.d. sample of the same runs, independent of the verification
-    split. If the certificate holds, an unsafe rate above epsilon is impossible, and the training
-    split shows one (Clopper-Pearson lower bound at confidence 1 - beta above epsilon) with
-    probability at most beta. A contradicted CERTIFIED becomes INCONCLUSIVE: more conservative,
-    so never less sound.
-    """
-    lower = pac.rate_lower_bound(n_unsafe, n, beta)
-    return {"n_unsafe": int(n_unsafe), "n": int(n), "beta": float(beta), "rate_lower_bound": lower,
-            "contradicts": bool(lower > epsilon)}
-
-
-def _summary(x: np.ndarray) -> Dict[str, float]:
-    q = np.quantile(x, [0.0, 0.5, 0.95, 1.0])
-    return {"min": float(q[0]), "median": float(q[1]), "q95": float(q[2]), "max": float(q[3]), "mean": float(np.mean(x))}

@@ -10,20 +10,9 @@ that were actually probed, and every probe is in the certificate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 Probe = Callable[[float, int], Dict[str, Any]]
-
-
-@dataclass
-class SearchResult:
-    probes: List[Dict[str, Any]]
-    delta_cert: Optional[float]  # largest certified probed budget (None: none certified)
-    delta_direct: Optional[float]  # largest probed budget passing the direct (d = 1) bound
-    delta_fail: Optional[float]  # smallest probed budget above delta_cert that did not certify
-    whole_domain: bool  # the largest admissible budget itself certified
-    capped_by_user: bool  # the user's delta_hi certified: larger budgets were not searched
 
 
 def max_budget(norm: str, domain: tuple, dim: int) -> float:
@@ -33,8 +22,12 @@ def max_budget(norm: str, domain: tuple, dim: int) -> float:
 
 
 def search(probe: Probe, *, max_probes: int, budget_max: float, delta_start: float,
-           delta_hi: Optional[float] = None, rel_tol: float = 0.05) -> SearchResult:
-    """Find the largest certifiable budget in at most ``max_probes`` probes."""
+           delta_hi: Optional[float] = None, rel_tol: float = 0.05) -> List[Dict[str, Any]]:
+    """Probe budgets (at most ``max_probes``) toward the largest certifiable one; the probe
+    records in the order they ran (:func:`radii` reads the result off them).
+
+    The path depends only on each probe's status, so ``verify`` re-runs it on the stored
+    statuses and checks that the stored budgets are the ones this search would have probed."""
     probes: List[Dict[str, Any]] = []
 
     def run(delta: float) -> bool:
@@ -44,11 +37,11 @@ def search(probe: Probe, *, max_probes: int, budget_max: float, delta_start: flo
 
     lo: Optional[float] = None  # largest certified
     hi: Optional[float] = None  # smallest failed above lo
-    whole = capped = False
+    whole = False  # the largest admissible budget certified: nothing left to search
     top = min(delta_hi, budget_max) if delta_hi is not None else budget_max
     if delta_hi is not None:
         if run(top):
-            lo, whole, capped = top, top >= budget_max, top < budget_max
+            lo, whole = top, top >= budget_max
         else:
             hi = top
     else:
@@ -72,5 +65,24 @@ def search(probe: Probe, *, max_probes: int, budget_max: float, delta_start: flo
             lo = mid
         else:
             hi = mid
+    return probes
+
+
+def radii(probes: List[Dict[str, Any]], budget_max: float, delta_hi: Optional[float]) -> Dict[str, Any]:
+    """The radii a list of probe records supports.
+
+    delta_cert: the largest certified budget; delta_direct: the largest budget passing the direct
+    (d = 1) bound; delta_fail: the smallest probed budget above delta_cert that did not certify;
+    whole_domain: the largest admissible budget certified; capped_by_user: the user's delta_hi
+    certified below it, so larger budgets were not searched."""
+    certified = [p["delta"] for p in probes if p["status"] == "CERTIFIED"]
+    cert = max(certified) if certified else None
     direct = [p["delta"] for p in probes if p["direct"]["passed"]]
-    return SearchResult(probes, lo, max(direct) if direct else None, hi, whole, capped)
+    above = [p["delta"] for p in probes if p["status"] != "CERTIFIED" and (cert is None or p["delta"] > cert)]
+    top = min(delta_hi, budget_max) if delta_hi is not None else budget_max
+    return {
+        "delta_cert": cert, "delta_direct": max(direct) if direct else None, "delta_fail": min(above) if above else None,
+        "whole_domain": cert is not None and cert >= budget_max,
+        "capped_by_user": delta_hi is not None and cert is not None and cert == top and cert < budget_max,
+        "max_budget": budget_max,
+    }

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Sequence
+from typing import IO, Any, Dict, Sequence
 
 import numpy as np
 
 from .io import write_atomic
+from .labels import check_hits
 
 SEED_COLUMNS = ("init", "poison", "schedule")
+FORMAT = "barrierkit.trajectories/2"
 
 
 @dataclass
@@ -22,7 +25,8 @@ class Trajectories:
     """N recorded training runs at one budget delta."""
 
     features: np.ndarray  # [N, K+1, k] float64
-    test_accuracy: np.ndarray  # [N] float64: g(theta(T))
+    test_hits: np.ndarray  # [N] int64: correctly classified test points of theta(T)
+    test_size: int  # P, the number of test points; g(theta(T)) = test_hits / P
     seeds: np.ndarray  # [N, 3] int64: (init, poison, schedule)
     poison_fraction: np.ndarray  # [N] float64: realised fraction of poisoned training points
     delta: float
@@ -32,7 +36,9 @@ class Trajectories:
         n = self.features.shape[0]
         if self.features.ndim != 3:
             raise ValueError(f"features: must be [N, K+1, k], got shape {self.features.shape}")
-        for name in ("test_accuracy", "poison_fraction"):
+        self.test_hits = check_hits(self.test_hits, self.test_size)
+        self.test_size = int(self.test_size)
+        for name in ("test_hits", "poison_fraction"):
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"{name}: must have shape ({n},), got {getattr(self, name).shape}")
         if self.seeds.shape != (n, 3):
@@ -47,34 +53,41 @@ class Trajectories:
         """K, the number of recorded intervals."""
         return int(self.features.shape[1] - 1)
 
-    def accuracy_drop(self, g_clean: float) -> np.ndarray:
-        """G = g_c - g(theta(T)) per trajectory."""
-        return g_clean - self.test_accuracy
-
-    def unsafe(self, g_clean: float, alpha: float) -> np.ndarray:
-        """u_i = [G_i > alpha]."""
-        return self.accuracy_drop(g_clean) > alpha
+    @property
+    def test_accuracy(self) -> np.ndarray:
+        """g(theta(T)) = test_hits / P per trajectory, float64 (safety labels use the counts)."""
+        return self.test_hits / self.test_size
 
     def select(self, index: Sequence[int] | np.ndarray) -> "Trajectories":
         """The trajectories at ``index`` (a copy)."""
         ix = np.asarray(index)
-        return Trajectories(self.features[ix], self.test_accuracy[ix], self.seeds[ix], self.poison_fraction[ix], self.delta, dict(self.meta))
+        return Trajectories(self.features[ix], self.test_hits[ix], self.test_size, self.seeds[ix], self.poison_fraction[ix],
+                            self.delta, dict(self.meta))
+
+    def write_to(self, fh: IO[bytes]) -> None:
+        """The .npz bytes (arrays plus the metadata as a JSON string, no pickle) into ``fh``."""
+        np.savez(fh, format=np.array(FORMAT), features=self.features, test_hits=self.test_hits,
+                 test_size=np.int64(self.test_size), seeds=self.seeds, poison_fraction=self.poison_fraction,
+                 delta=np.float64(self.delta), meta=np.array(json.dumps(self.meta, sort_keys=True)))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically to ``path`` (.npz, owner-only): never a half-written file."""
-        write_atomic(path, lambda fh: np.savez(
-            fh, features=self.features, test_accuracy=self.test_accuracy, seeds=self.seeds,
-            poison_fraction=self.poison_fraction, delta=np.float64(self.delta),
-            meta=np.array(json.dumps(self.meta, sort_keys=True)),
-        ))
+        write_atomic(path, self.write_to)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Trajectories":
-        with np.load(os.fspath(path), allow_pickle=False) as z:
-            return cls(
-                features=z["features"], test_accuracy=z["test_accuracy"], seeds=z["seeds"],
-                poison_fraction=z["poison_fraction"], delta=float(z["delta"]), meta=json.loads(str(z["meta"])),
-            )
+        """Read a file written by :meth:`save`; another file raises ValueError naming it."""
+        name = os.fspath(path)
+        try:
+            with np.load(name, allow_pickle=False) as z:
+                if "format" not in z.files or str(z["format"]) != FORMAT:
+                    raise ValueError(f"{name}: not a {FORMAT} file (files from before exact hit counts must be re-sampled)")
+                return cls(
+                    features=z["features"], test_hits=z["test_hits"], test_size=int(z["test_size"]), seeds=z["seeds"],
+                    poison_fraction=z["poison_fraction"], delta=float(z["delta"]), meta=json.loads(str(z["meta"])),
+                )
+        except (OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            raise ValueError(f"{name}: cannot read trajectories: {exc}") from None
 
 
 def concatenate(parts: Sequence[Trajectories]) -> Trajectories:
@@ -83,8 +96,10 @@ def concatenate(parts: Sequence[Trajectories]) -> Trajectories:
         raise ValueError("parts: need at least one Trajectories")
     if len({p.delta for p in parts}) != 1:
         raise ValueError("parts: trajectories at different budgets cannot be joined")
+    if len({p.test_size for p in parts}) != 1:
+        raise ValueError("parts: trajectories evaluated on test sets of different sizes cannot be joined")
     return Trajectories(
-        np.concatenate([p.features for p in parts]), np.concatenate([p.test_accuracy for p in parts]),
+        np.concatenate([p.features for p in parts]), np.concatenate([p.test_hits for p in parts]), parts[0].test_size,
         np.concatenate([p.seeds for p in parts]), np.concatenate([p.poison_fraction for p in parts]),
         parts[0].delta, dict(parts[0].meta),
     )

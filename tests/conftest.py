@@ -59,3 +59,18 @@ def forbid_launch(monkeypatch, module, kernel: str) -> None:
             raise AssertionError("the kernel was launched")
 
     monkeypatch.setattr(module, kernel, _NoLaunch())
+
+
+CLI_CERTIFY_ARGS = ["certify", "--record-every", "40", "--n-verify", "120", "--n-train", "80", "--n-clean", "40",
+                    "--n-pool", "40", "--epsilon", "0.3", "--beta", "0.05", "--max-probes", "4", "--seed", "1", "--quiet"]
+"""A small certification of the default recipe through the CLI (about 15 s): CERTIFIED at a small
+budget, with REFUTED probes and witnesses above it."""
+
+
+@pytest.fixture(scope="session")
+def cli_certificate(tmp_path_factory):
+    from barrierkit.cli import main
+
+    out = tmp_path_factory.mktemp("cert") / "cert.json"
+    assert main([*CLI_CERTIFY_ARGS, "--out", str(out)]) == 0
+    return out

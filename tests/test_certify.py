@@ -10,7 +10,8 @@ import barrierkit
 from barrierkit.cli import main
 from barrierkit.config import (CertifyConfig, ConfigError, FeatureSpec, SampleConfig, SamplingAttack,
                                ThreatModel, TrainRecipe)
-from barrierkit.engine import clean_accuracy
+from barrierkit.engine import clean_runs
+from barrierkit.labels import SafetyRule
 from barrierkit.probe import PURPOSE_POOL, CertifyContext, run_probe
 from barrierkit.certificate import Certificate
 
@@ -29,15 +30,19 @@ def fast_config(rho=0.5, attack="gradient", **kw) -> CertifyConfig:
     return CertifyConfig(**base)
 
 
+def clean_rule(config: CertifyConfig, data) -> SafetyRule:
+    clean = clean_runs(config.sample, config.n_clean, config.seed, data=data, progress=False)
+    return SafetyRule.from_clean_hits(clean.test_hits, clean.test_size, config.alpha)
+
+
 @pytest.fixture(scope="module")
 def planted_context(digits):
     """Clean reference accuracy and a heavy-poison unsafe pool, shared by the planted probes."""
     config = fast_config(rho=0.05)
-    g_c, _ = clean_accuracy(config.sample, config.n_clean, config.seed, data=digits, progress=False)
-    ctx = CertifyContext(config, digits, g_c, pool=[], progress=False)
+    ctx = CertifyContext(config, digits, clean_rule(config, digits), pool=[], progress=False)
     heavy_cfg = SampleConfig(recipe=FAST_RECIPE, threat=ThreatModel(rho=1.0), features=config.sample.features)
     heavy = ctx.sample(1.0, PURPOSE_POOL, config.n_pool, "pool", sample_config=heavy_cfg)
-    unsafe = heavy.unsafe(g_c, config.alpha)
+    unsafe = ctx.rule.unsafe(heavy.test_hits)
     assert unsafe.mean() > 0.9, "heavy poisoning must destroy accuracy"
     ctx.pool.append((1.0, heavy.features[unsafe, -1]))
     return ctx
@@ -58,26 +63,14 @@ def test_tiny_budget_certifies(planted_context, tiny_budget_record):
                                            "contradicts": False}
 
 
-def test_unsafe_training_runs_that_contradict_epsilon_block_certified(planted_context, tiny_budget_record):
-    """A CERTIFIED probe whose independent training split shows an unsafe rate above epsilon (at
-    confidence 1 - beta/K_max) is downgraded by the probe, and a forged one is caught by verify."""
-    from barrierkit.certificate import _check_probe
-    from barrierkit.probe import training_split_consistency
+def test_training_split_consistency_contradicts_only_a_high_unsafe_rate(tiny_budget_record):
+    """One unsafe training run is consistent with the certificate; 60 of 80 contradict it."""
+    from barrierkit.outcomes import training_split_consistency
 
-    cfg = planted_context.config
-    record = json.loads(json.dumps(tiny_budget_record))
-    assert _check_probe(record, cfg.to_dict(), cfg.beta_per_probe) == []
-    eps, beta = record["epsilon"], record["beta"]
-    assert not training_split_consistency(1, 80, eps, beta)["contradicts"]  # one unsafe run is consistent
+    eps, beta = tiny_budget_record["epsilon"], tiny_budget_record["beta"]
+    assert not training_split_consistency(1, 80, eps, beta)["contradicts"]
     heavy = training_split_consistency(60, 80, eps, beta)
     assert heavy["contradicts"] and heavy["rate_lower_bound"] > eps
-    forged = dict(record, n_unsafe_train=60, train_consistency=dict(heavy, contradicts=False))
-    assert any("contradict" in p for p in _check_probe(forged, cfg.to_dict(), cfg.beta_per_probe))
-    old_format = {k: v for k, v in record.items() if k != "train_consistency"}  # made before the check existed
-    assert _check_probe(old_format, cfg.to_dict(), cfg.beta_per_probe) == []
-    assert any("contradict" in p for p in _check_probe(dict(old_format, n_unsafe_train=60), cfg.to_dict(), cfg.beta_per_probe))
-    mismatched = dict(record, train_consistency=dict(record["train_consistency"], n_unsafe=3))
-    assert any("does not match" in p for p in _check_probe(mismatched, cfg.to_dict(), cfg.beta_per_probe))
 
 
 def test_probe_downgrades_a_contradicted_certificate(planted_context, monkeypatch):
@@ -91,24 +84,15 @@ def test_probe_downgrades_a_contradicted_certificate(planted_context, monkeypatc
 
 def test_destructive_budget_is_refuted_with_a_replayable_witness(digits):
     config = fast_config(rho=0.9, attack="sign")
-    g_c, _ = clean_accuracy(config.sample, config.n_clean, config.seed, data=digits, progress=False)
-    ctx = CertifyContext(config, digits, g_c, pool=[(1.0, np.zeros((1, config.sample.features.dim)))], progress=False)
+    rule = clean_rule(config, digits)
+    ctx = CertifyContext(config, digits, rule, pool=[(1.0, np.zeros((1, config.sample.features.dim)))], progress=False)
     record = run_probe(ctx, 1.0, 0)
     assert record["status"] == "REFUTED" and record["n_unsafe_verify"] > 0
     w = record["witness"]
-    assert w["accuracy_drop"] > config.alpha
+    assert w["split"] == "verify" and w["test_hits"] <= rule.max_unsafe_hits and w["accuracy_drop"] > config.alpha
+    assert record["hits"]["verify"][w["index"]] == w["test_hits"]
     again = barrierkit.replay(config.sample, w["delta"], w["seeds"], data=digits, backend=w["backend"])
-    assert again.test_accuracy[0] == w["test_accuracy"], "a witness must replay exactly"
-
-
-@pytest.fixture(scope="module")
-def cli_certificate(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cert") / "cert.json"
-    args = ["certify", "--record-every", "40", "--n-verify", "120",
-            "--n-train", "80", "--n-clean", "40", "--n-pool", "40", "--epsilon", "0.3", "--beta", "0.05",
-            "--max-probes", "4", "--seed", "1", "--out", str(out), "--quiet"]
-    assert main(args) == 0
-    return out
+    assert again.test_hits[0] == w["test_hits"] and again.test_accuracy[0] == w["test_accuracy"], "a witness must replay exactly"
 
 
 def test_cli_certify_round_trip_and_verify(cli_certificate, capsys):
@@ -118,35 +102,10 @@ def test_cli_certify_round_trip_and_verify(cli_certificate, capsys):
     assert json.loads(cert.to_json())["digest"]
     assert Certificate(json.loads(json.dumps(cert.doc))).to_json() == cert.to_json()
     assert len(cert.doc["probes"]) <= 4
-    if cert.delta_cert is not None and cert.delta_direct is not None:
-        assert cert.delta_cert <= cert.delta_direct
-    if cert.delta_cert is not None:
-        assert cert.delta_direct is not None, "whatever the barrier certifies, the direct bound passes"
     assert main(["verify", str(cli_certificate)]) == 0
     assert "OK" in capsys.readouterr().out
     assert main(["report", str(cli_certificate)]) == 0
     assert "What this does not mean" in capsys.readouterr().out
-
-
-def test_verify_rejects_tampered_and_inconsistent_certificates(cli_certificate, tmp_path, capsys):
-    doc = json.loads(cli_certificate.read_text())
-    edited = dict(doc, g_clean=doc["g_clean"] + 0.01)
-    bad = tmp_path / "edited.json"
-    bad.write_text(json.dumps(edited))
-    assert main(["verify", str(bad)]) == 2
-    assert "digest" in capsys.readouterr().err
-    # a consistent-looking forgery (digest recomputed) still fails the re-derivation of its numbers
-    cert = Certificate.load(cli_certificate)
-    cert.doc["probes"][0]["epsilon"] = 1e-6 if cert.doc["probes"][0].get("epsilon") is not None else None
-    cert.doc["probes"][0]["direct"]["epsilon"] = 1e-6
-    forged = tmp_path / "forged.json"
-    cert.save(forged)
-    assert main(["verify", str(forged)]) == 2
-    assert "epsilon" in capsys.readouterr().err
-    garbage = tmp_path / "garbage.json"
-    garbage.write_text("{not json")
-    assert main(["verify", str(garbage)]) == 2
-    assert main(["verify", str(tmp_path / "missing.json")]) == 2
 
 
 @pytest.mark.parametrize("args,field", [
@@ -171,25 +130,15 @@ def test_n_verify_error_names_the_n_needed():
     assert str(n_min(0.01, 12, 1e-4 / 8)) in str(err.value)
 
 
-def test_certificate_summary_states_the_guarantee(cli_certificate):
-    text = Certificate.load(cli_certificate).summary()
-    if Certificate.load(cli_certificate).status == "CERTIFIED":
-        assert "With confidence at least" in text and "sampling attack" in text and "covers ℓ1" in text
-    else:
-        assert "No budget was certified" in text
-
-
-@pytest.mark.parametrize("forge,needle", [
-    (lambda d: d["probes"][0].__setitem__("d", 1), "d=1"),
-    (lambda d: d["radii"].__setitem__("whole_domain", True), "whole_domain"),
-    (lambda d: d["probes"][0]["direct"].__setitem__("n", 10**6), "direct n"),
-    (lambda d: d["probes"][0].__setitem__("index", 5), "indices"),
-    (lambda d: d.__setitem__("status", "CERTIFIED" if d["status"] != "CERTIFIED" else "REFUTED"), "status"),
-])
-def test_verify_rederives_what_a_forger_would_change(cli_certificate, tmp_path, capsys, forge, needle):
+def test_certificate_summary_states_the_guarantee_and_no_lp_claim(cli_certificate):
     cert = Certificate.load(cli_certificate)
-    forge(cert.doc)
-    path = tmp_path / "forged.json"
-    cert.save(path)  # a forger who recomputes the digest
-    assert main(["verify", str(path)]) == 2
-    assert needle in capsys.readouterr().err
+    text = cert.summary()
+    assert cert.status == "CERTIFIED", "the fixture's recipe certifies a small budget"
+    assert "With confidence at least" in text and "'gradient' sampling attack" in text
+    assert "one-shot" in text and "does not adapt" in text, "the report says what the gradient attack is"
+    # the l_p -> l_q conversion holds for worst-case balls, not for a sampling certificate
+    assert "covers ℓ" not in text and "covered_radius_in" not in cert.doc["context"]
+    assert "nearest differently-labelled" in text
+    assert "first failing budget" not in text
+    if cert.doc["radii"]["delta_fail"] is not None:
+        assert "smallest probed budget not certified" in text

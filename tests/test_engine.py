@@ -1,12 +1,14 @@
 """The trajectory engine against an independent nn.Module + torch.optim.SGD implementation."""
 import os
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
 from barrierkit.config import FeatureSpec, ModelSpec, SampleConfig, SamplingAttack, ThreatModel, TrainRecipe
-from barrierkit.engine import PURPOSE_SAMPLE, clean_accuracy, sample, trajectory_seeds
+from barrierkit.engine import PURPOSE_SAMPLE, clean_runs, sample, trajectory_seeds
+from barrierkit.labels import SafetyRule
 from barrierkit.models import MLPShape, flatten, init_params, to_module
 from barrierkit.poison import PoisonSpec, poison_batch
 from barrierkit.attacks import gradient_directions
@@ -199,17 +201,22 @@ def test_trajectories_content_and_round_trip(small_data, tmp_path):
     runs.save(path)
     back = type(runs).load(path)
     assert np.array_equal(back.features, runs.features) and np.array_equal(back.seeds, runs.seeds)
+    assert np.array_equal(back.test_hits, runs.test_hits) and back.test_size == runs.test_size
     assert back.meta == runs.meta and back.delta == runs.delta
     assert (path.stat().st_mode & 0o077) == 0
 
 
-def test_clean_accuracy_and_unsafe_labels(small_data):
+def test_clean_runs_and_unsafe_labels(small_data):
     config = make_config("gradient", "inf", rho=0.9, steps=40)
-    g_c, clean = clean_accuracy(config, 5, master_seed=1, data=small_data, progress=False)
-    assert g_c == np.median(clean.test_accuracy) and g_c > 0.5
+    clean = clean_runs(config, 5, master_seed=1, data=small_data, progress=False)
+    rule = SafetyRule.from_clean_hits(clean.test_hits, clean.test_size, 0.05)
+    assert clean.test_size == small_data.x_test.shape[0] and clean.test_hits.dtype == np.int64
+    assert rule.g_clean == np.median(clean.test_accuracy) and rule.g_clean > 0.5
     runs = sample(config, 1.0, trajectory_seeds(1, PURPOSE_SAMPLE, 5), data=small_data, progress=False)
-    drop = runs.accuracy_drop(g_c)
-    assert np.array_equal(runs.unsafe(g_c, 0.05), drop > 0.05)
+    drop = rule.accuracy_drop(runs.test_hits)
+    assert np.array_equal(runs.test_accuracy, runs.test_hits / runs.test_size)
+    exact = [Fraction(rule.clean_hits_x2, 2) - int(h) > Fraction(1, 20) * runs.test_size for h in runs.test_hits]
+    assert rule.unsafe(runs.test_hits).tolist() == exact and np.all(drop[exact] > 0.05)
 
 
 def test_digits_gradient_attack_is_error_maximising(digits):

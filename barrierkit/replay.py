@@ -1,0 +1,168 @@
+"""``verify --replay``: re-run every run of a certificate from its seeds and compare.
+
+The quick checks (barrierkit.verify) show that a document agrees with itself; they cannot show
+that its runs really ended with the stored hit counts, or that the stored barrier really has the
+stored margins on them. This re-samples every run with the recorded backend and device (clean
+runs, the unsafe pool, each probe's training and verification split, the same seeds the
+certification used), recomputes hit counts, labels and the pool each probe separated from,
+rebuilds the scenario rows from the stored barrier trunk, re-checks them at the stored solution
+(w, gamma, c) in float64, and stops at the first run or number that differs.
+
+Hit counts must be identical. Within one machine and backend the replay is bit-identical, so
+margins agree exactly; on another CPU kind float results may differ in their last bits (and
+training can grow such differences), so margins are compared within the certificate's own
+rounding allowance tau, and the machines are named in the log.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from .api import pool_sample_config
+from .backends import resolve_device
+from .barrier import Barrier
+from .config import CertifyConfig
+from .context import radius_context
+from .data import get_dataset
+from .engine import clean_runs, versions
+from .labels import SafetyRule
+from .outcomes import probe_status
+from .probe import PURPOSE_POOL, CertifyContext, scenario_rows, split_purpose
+from .scenario import ScenarioProblem, recheck
+from .verify import REL_TOL
+
+log = logging.getLogger("barrierkit")
+
+
+@dataclass
+class ReplayResult:
+    """What a replay found: ``ok``, the first ``mismatch`` (None when ok), and a summary."""
+
+    ok: bool
+    mismatch: Optional[str]
+    summary: str
+    runs: int = 0
+    max_margin_difference: float = 0.0
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _same_hits(where: str, stored: Any, replayed: np.ndarray) -> None:
+    stored = np.asarray(stored, dtype=np.int64)
+    if stored.shape != replayed.shape:
+        raise _Mismatch(f"{where}: {replayed.size} runs replayed, {stored.size} stored")
+    off = np.flatnonzero(stored != replayed)
+    if off.size:
+        i = int(off[0])
+        raise _Mismatch(f"{where}: run {i} ended with {int(replayed[i])} correct test points, the certificate says "
+                        f"{int(stored[i])} ({off.size} runs differ)")
+
+
+def _machine_note(doc: Dict[str, Any]) -> None:
+    then, now = doc["versions"], versions()
+    made = (then.get("cpu"), then.get("aten_cpu_capability"))
+    here = (now["cpu"], now["aten_cpu_capability"])
+    if made != here:
+        log.warning("the certificate was made on %s (%s), this replay runs on %s (%s): float results may differ in "
+                    "their last bits, and a run may end differently", *made, *here)
+
+
+def replay_certificate(doc: Dict[str, Any], progress: Optional[bool] = None) -> ReplayResult:
+    """Re-run every run of a (quick-verified) certificate document and compare; see the module."""
+    start = time.perf_counter()
+    try:
+        return _replay(doc, progress, start)
+    except _Mismatch as exc:
+        return ReplayResult(False, str(exc), "")
+
+
+def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> ReplayResult:
+    cfg = CertifyConfig.from_dict(doc["config"])
+    data = get_dataset(doc["dataset"])
+    if data.content_hash != doc["data_hash"]:
+        raise _Mismatch(f"dataset {doc['dataset']!r} here has content hash {data.content_hash[:12]}..., the certificate "
+                        f"was made on {doc['data_hash'][:12]}...")
+    device = resolve_device(doc["device"])
+    _machine_note(doc)
+    rule = SafetyRule.from_clean_hits(doc["clean_accuracy"]["hits"], doc["test_size"], cfg.alpha)
+    kw = dict(backend=doc["backend"], device=str(device), progress=progress)
+    log.info("replay: %s runs with backend %s on %s", doc["throughput"]["trajectories"], doc["backend"], device)
+    clean = clean_runs(cfg.sample, cfg.n_clean, cfg.seed, data=data, **kw)
+    _same_hits("clean runs", doc["clean_accuracy"]["hits"], clean.test_hits)
+    log.info("replay: %d clean runs agree [%.1f s]", clean.n, time.perf_counter() - start)
+
+    ctx = CertifyContext(cfg, data, rule, pool=[], **kw)
+    heavy = ctx.sample(doc["pool"]["delta"], PURPOSE_POOL, cfg.n_pool, "replay: unsafe pool", sample_config=pool_sample_config(cfg))
+    _same_hits("unsafe pool", doc["pool"]["hits"], heavy.test_hits)
+    heavy_unsafe = rule.unsafe(heavy.test_hits)
+    if heavy_unsafe.any():
+        ctx.pool.append((math.inf, heavy.features[heavy_unsafe, -1]))
+    log.info("replay: %d pool runs agree [%.1f s]", heavy.n, time.perf_counter() - start)
+
+    worst = 0.0
+    for j, p in enumerate(doc["probes"]):
+        tag = f"probe {j + 1} (δ={p['delta']:g})"
+        runs = {split: ctx.sample(p["delta"], split_purpose(j, split), cfg.n_train if split == "train" else cfg.n_verify,
+                                  f"replay: probe {j + 1} {split}") for split in ("train", "verify")}
+        for split, r in runs.items():
+            _same_hits(f"{tag} {split} split", p["hits"][split], r.test_hits)
+        verify_runs = runs["verify"]
+        if float(verify_runs.poison_fraction.mean()) != p["poison_fraction_mean"]:
+            raise _Mismatch(f"{tag}: the verification runs poisoned a fraction {verify_runs.poison_fraction.mean()!r} "
+                            f"of the points, the certificate says {p['poison_fraction_mean']!r}")
+        u_train = rule.unsafe(runs["train"].test_hits)
+        if u_train.any():
+            ctx.pool.append((float(p["delta"]), runs["train"].features[u_train, -1]))
+        if p["verdict"] is not None:
+            worst = max(worst, _replay_margins(tag, p, ctx, verify_runs, cfg, rule, device))
+        log.info("replay: %s agrees (%s) [%.1f s]", tag, p["status"], time.perf_counter() - start)
+
+    if doc["context"] is not None:
+        ctx_now = radius_context(doc["context"]["radius"], cfg.sample.threat.norm, data.x_train, data.y_train)
+        then, now = doc["context"]["median_nearest_other_class_distance"], ctx_now["median_nearest_other_class_distance"]
+        if not math.isclose(then, now, rel_tol=REL_TOL, abs_tol=0.0):
+            raise _Mismatch(f"context: the median nearest-other-class distance is {now!r}, the certificate says {then!r}")
+    total = doc["throughput"]["trajectories"]
+    summary = (f"all {total} runs re-run with backend {doc['backend']} on {device} end with the stored hit counts; "
+               f"every scenario row re-checked at the stored solution (largest margin difference {worst:.3g}, "
+               f"allowance tau = {cfg.tau:g}) [{time.perf_counter() - start:.1f} s]")
+    return ReplayResult(True, None, summary, total, worst)
+
+
+def _replay_margins(tag: str, p: Dict[str, Any], ctx: CertifyContext, verify_runs, cfg: CertifyConfig, rule: SafetyRule,
+                    device) -> float:
+    """Rebuild the probe's scenario rows from the stored barrier and re-check them at the stored
+    solution; the largest difference from the stored margins (a mismatch above tau)."""
+    v = p["verdict"]
+    pool = ctx.pool_above(p["delta"])
+    if len(pool) != p["pool_size"]:
+        raise _Mismatch(f"{tag}: the replayed unsafe pool holds {len(pool)} states, the certificate says {p['pool_size']}")
+    barrier = Barrier.from_dict(p["barrier"]["trunk"])
+    rows, _ = scenario_rows(barrier, verify_runs.features, pool, str(device))
+    problem = ScenarioProblem(**rows, unsafe=rule.unsafe(verify_runs.test_hits), w0=barrier.w0, kappa=cfg.kappa,
+                              w_bound=cfg.w_bound, mu=cfg.mu)
+    rc = recheck(problem, np.asarray(v["w"], dtype=np.float64), v["gamma"], v["c"])
+    stored = np.asarray(v["trajectory_margins"] + [v["pool_margin"]], dtype=np.float64)
+    replayed = np.append(rc.trajectory_margins, rc.pool_margin)
+    diff = np.abs(stored - replayed)
+    if not np.all(diff <= cfg.tau):
+        i = int(np.argmax(diff))
+        what = "the pool margin" if i == len(diff) - 1 else f"the margin of verification run {i}"
+        raise _Mismatch(f"{tag}: {what} re-checks to {replayed[i]!r}, the certificate says {stored[i]!r} "
+                        f"(difference {diff[i]:.3g} > tau = {cfg.tau:g})")
+    status, _ = probe_status(
+        n_unsafe_verify=0, n_verify=cfg.n_verify, alpha=cfg.alpha, pool_rows=len(pool),
+        solved={"solver_status": v["solver_status"], "eta_check": rc.eta_check, "rounding_bound": rc.rounding_bound,
+                "tau": cfg.tau, "epsilon": p["epsilon"], "epsilon_requested": cfg.epsilon,
+                "train_consistency": p["train_consistency"]})
+    if status != p["status"]:
+        raise _Mismatch(f"{tag}: re-checked, eta_check = {rc.eta_check:.6g} makes the probe {status}, the certificate "
+                        f"says {p['status']}")
+    return float(diff.max())

@@ -1,0 +1,139 @@
+"""The plain-text report of a certificate: the guarantee, the radii, the probes, context, warnings,
+and what the certificate does not mean. It states only what the document supports."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from .config import ATTACK_DESCRIPTIONS
+
+
+def _norm(threat: Dict[str, Any]) -> str:
+    return "ℓ∞" if threat["norm"] == "inf" else "ℓ2"
+
+
+def guarantee_sentence(doc: Dict[str, Any]) -> str:
+    """The guarantee in one sentence (or why there is none)."""
+    cfg, radii = doc["config"], doc["radii"]
+    threat, attack = cfg["sample"]["threat"], cfg["sample"]["attack"]
+    if doc["status"] != "CERTIFIED":
+        return f"No budget was certified ({doc['status']}): {doc['reason']}"
+    where = f"the {_norm(threat)} budget δ = {radii['delta_cert']:.4g}" + (" (the whole input domain)" if radii["whole_domain"] else "")
+    return (
+        f"With confidence at least {1 - cfg['beta']:.6g} over the sampled verification runs, a fresh training run "
+        f"of this recipe whose training points are each poisoned with probability ρ = {threat['rho']:g} by the "
+        f"'{attack['kind']}' sampling attack at {where} ends with an accuracy drop G = g_c − g ≤ α = {cfg['alpha']:g} "
+        f"(g_c = {doc['g_clean']:.4f}) with probability at least 1 − ε = {1 - doc['epsilon']:.4g}."
+    )
+
+
+NOT_MEANT = [
+    "It bounds the chance of an unsafe outcome under the named sampling attack A_δ only; a stronger or "
+    "different attack (an optimised or adaptive poison, another norm, label poisoning) is not covered, and no "
+    "smaller ball in another norm is covered either: the attack draws particular perturbations, not every point "
+    "of its ball.",
+    "It says nothing about whether a given dataset or input was attacked, and a certified radius tells an "
+    "attacker where attacks do not work: keep the file private.",
+    "It is about the simulated training dynamics (this recipe, backend and precision), and probability ε of an "
+    "unsafe run remains; it is not a worst-case guarantee.",
+    "It holds at the probed budget; smaller budgets are covered only if robustness is monotone in δ, which the "
+    "bisection assumes but does not prove.",
+]
+
+
+def _probe_at(doc: Dict[str, Any], delta: Optional[float]) -> Optional[Dict[str, Any]]:
+    return next((p for p in doc["probes"] if delta is not None and p["delta"] == delta), None)
+
+
+def radii_lines(doc: Dict[str, Any]) -> List[str]:
+    """δ_cert and δ_direct, what bounds each, and why they differ when they do."""
+    radii = doc["radii"]
+    cert, direct, fail = radii["delta_cert"], radii["delta_direct"], radii["delta_fail"]
+    lines: List[str] = []
+    if radii["whole_domain"]:
+        lines.append("Even the whole input domain certifies: there is no finite radius to report.")
+    elif cert is not None:
+        if radii["capped_by_user"]:
+            tail = "the user's upper limit; larger budgets were not searched"
+        elif fail is not None:
+            p = _probe_at(doc, fail)
+            tail = f"smallest probed budget not certified: {fail:.4g}, {p['status']}: {p['reason']}"
+        else:
+            tail = "no larger budget was probed"
+        lines.append(f"δ_cert   = {cert:.4g}   ({tail})")
+    else:
+        lines.append("δ_cert   = none certified")
+    lines.append(f"δ_direct = {direct:.4g}   (no barrier: d = 1 bound on the terminal labels of each probe's "
+                 "training and verification runs)" if direct is not None else "δ_direct = none passed")
+    n_all = doc["n_train"] + doc["n_verify"]
+    if cert is not None and (direct is None or cert > direct):
+        p = _probe_at(doc, cert)
+        n_unsafe = p["n_unsafe_train"] + p["n_unsafe_verify"]
+        why = (f"{n_unsafe} of its {n_all} runs ended unsafe (training split {p['n_unsafe_train']}), and the direct bound "
+               "counts every run of the probe" if n_unsafe else
+               f"its ε = {p['direct']['epsilon']:.4g} with d = 1 exceeds the requested {doc['epsilon_requested']:g}")
+        lines.append(f"  δ_cert > δ_direct: at δ = {cert:.4g} the barrier certified, but the direct bound failed: {why}.")
+    elif direct is not None and (cert is None or direct > cert):
+        above = [p for p in doc["probes"] if p["direct"]["passed"] and p["status"] != "CERTIFIED"
+                 and (cert is None or p["delta"] > cert)]
+        p = min(above, key=lambda q: q["delta"])
+        lines.append(f"  δ_direct > δ_cert: no run was unsafe at δ = {p['delta']:.4g}, but the barrier could not certify "
+                     f"it ({p['status']}: {p['reason']}).")
+    return lines
+
+
+def summary_text(doc: Dict[str, Any]) -> str:
+    """The plain-text report: guarantee, attack, radii, probes, context, warnings, what it does not mean."""
+    attack = doc["config"]["sample"]["attack"]
+    lines = [f"barrierkit certificate: {doc['status']}", "", guarantee_sentence(doc), "",
+             f"Sampling attack '{attack['kind']}': {ATTACK_DESCRIPTIONS[attack['kind']]}"
+             + (f"; each poisoned point's direction flipped with probability {attack['sign_noise']:g}"
+                if attack["kind"] == "gradient" and attack["sign_noise"] > 0 else "") + ".", ""]
+    lines += radii_lines(doc)
+    lines += ["", "Probes:"]
+    for p in doc["probes"]:
+        eps = f"ε={p['epsilon']:.4g}" if p.get("epsilon") is not None else "ε=–"
+        lines.append(f"  δ={p['delta']:<8.4g} {p['status']:<12} unsafe {p['n_unsafe_verify']}/{p['n_verify']} verify, "
+                     f"{p['n_unsafe_train']}/{p['n_train']} train  {eps}  direct {'pass' if p['direct']['passed'] else 'fail'}")
+        if (p.get("train_consistency") or {}).get("contradicts"):
+            lines.append(f"    the training split contradicts ε: unsafe rate ≥ {p['train_consistency']['rate_lower_bound']:.4g}")
+    ctx = doc.get("context")
+    if ctx:
+        ratio = ctx["radius_over_median_distance"]
+        lines += ["", "The radius in context:",
+                  f"  median {_norm(doc['config']['sample']['threat'])} distance from a training point to the nearest "
+                  f"differently-labelled one: {ctx['median_nearest_other_class_distance']:.4g}"
+                  + (f" (δ_cert is {ratio:.1%} of it)" if ratio is not None else "")]
+    if doc.get("warnings"):
+        lines += ["", "Warnings:"] + [f"  - {w}" for w in doc["warnings"]]
+    lines += ["", "What this does not mean:"] + [f"  - {s}" for s in NOT_MEANT]
+    return "\n".join(lines)
+
+
+PROFILE_STAGES = (("clean runs (g_c)", "clean_s"), ("sampling (pool, probe splits)", "sampling_s"),
+                  ("barrier fit", "barrier_s"), ("scenario program", "scp_s"))
+
+
+def profile_stages(doc: Dict[str, Any]) -> List[tuple]:
+    """[(stage, seconds, share of total)] from a certificate's timings; "other" is the rest."""
+    t = doc["timings"]
+    total = float(t["total_s"])
+    rows = [(name, float(t.get(key, 0.0))) for name, key in PROFILE_STAGES]
+    rows.append(("other (reference, bookkeeping)", max(0.0, total - sum(s for _, s in rows))))
+    return [(name, s, s / total if total > 0 else 0.0) for name, s in rows] + [("total", total, 1.0 if total > 0 else 0.0)]
+
+
+def profile_table(doc: Dict[str, Any]) -> str:
+    """Where the time of a certification went, stage by stage (``certify --profile``)."""
+    lines = ["profile: where the time went", f"  {'stage':32s} {'seconds':>10s} {'share':>7s}"]
+    for name, seconds, share in profile_stages(doc):
+        lines.append(f"  {name:32s} {seconds:10.2f} {share:7.1%}")
+    t = doc["timings"]
+    lines.append(f"  sampling (probes and pool; clean runs apart): training steps {t['sampling_train_s']:.2f} s, "
+                 f"features phi {t['sampling_features_s']:.2f} s ({doc['features_by']}), "
+                 f"test accuracy {t['sampling_eval_s']:.2f} s")
+    tp = doc["throughput"]
+    runs, steps = tp["trajectories"], doc["config"]["sample"]["recipe"]["steps"]
+    sampling = float(t["clean_s"]) + float(t["sampling_s"])
+    lines.append(f"  trajectory-steps/s: {tp['trajectory_steps_per_s']:,.0f} over the whole certification "
+                 f"({runs} runs x {steps} steps); {runs * steps / sampling if sampling > 0 else 0.0:,.0f} while sampling")
+    return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""Quick ``verify``: re-derive every field of a certificate that follows from its other fields.
+
+From the configuration, the stored hit counts of every run, the stored margins and the scenario
+program's solution, this recomputes: the restated configuration and threat model, the model's
+size and hash, g_c and the clean summary, the warnings, the unsafe pool, every label, count,
+accuracy-drop summary and witness (its seeds included), d, every epsilon (a priori, a posteriori,
+direct), eta_check, the training-split check, every status and reason, the search path, the radii,
+the radius in context and the throughput, each with the same function that produced it
+(barrierkit.outcomes, barrierkit.radius, ...). A field that disagrees is a problem.
+
+What this cannot check is whether the runs really ended with the stored hit counts and whether
+the stored barrier really has the stored margins on them: ``verify --replay`` (barrierkit.replay)
+re-runs the runs for that.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional
+
+from . import pac
+from .backends import BACKENDS
+from .barrier import Barrier
+from .certificate import CERTIFIED_FIELDS, STATUSES, clean_summary, threat_model, throughput, warnings_for
+from .config import CertifyConfig, ConfigError
+from .context import radius_ratio
+from .engine import trajectory_seeds
+from .labels import SafetyRule, check_hits
+from .models import MLPShape
+from .outcomes import first_unsafe, label_fields, overall_status, pool_size, probe_status, training_split_consistency, witness_record
+from .probe import split_purpose
+from .radius import max_budget, radii, search
+from .scenario import c_max
+
+REL_TOL = 1e-12  # floats re-derived by the same code agree exactly on one machine; this allows a libm's last bits
+
+
+def _same(a: Any, b: Any, rel: float) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None or isinstance(a, str) or isinstance(b, str):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if isinstance(a, int) and isinstance(b, int):
+            return a == b
+        return math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=rel, abs_tol=0.0) or a == b
+    return False
+
+
+def differences(where: str, stored: Any, expected: Any, rel: float = REL_TOL) -> List[str]:
+    """Where ``stored`` differs from ``expected`` (dicts key by key, lists item by item)."""
+    if isinstance(expected, dict):
+        if not isinstance(stored, dict):
+            return [f"{where} is {stored!r}, expected a record"]
+        if set(stored) != set(expected):
+            extra, missing = sorted(set(stored) - set(expected)), sorted(set(expected) - set(stored))
+            return [f"{where} has fields {extra} it should not have and lacks {missing}"]
+        return [d for k in expected for d in differences(f"{where}.{k}", stored[k], expected[k], rel)]
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(stored, (list, tuple)) or len(stored) != len(expected):
+            return [f"{where} has {len(stored) if isinstance(stored, (list, tuple)) else stored!r} entries, "
+                    f"expected {len(expected)}"]
+        for i, (s, e) in enumerate(zip(stored, expected)):
+            found = differences(f"{where}[{i}]", s, e, rel)
+            if found:
+                return found  # the first differing entry says enough
+        return []
+    if not _same(stored, expected, rel):
+        return [f"{where} is {stored!r}, but re-derived it is {expected!r}"]
+    return []
+
+
+def check_document(doc: Dict[str, Any]) -> List[str]:
+    """Every inconsistency of a certificate document (empty when every derivable field holds)."""
+    try:
+        return _check_document(doc)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        return [f"malformed document ({type(exc).__name__}: {exc})"]
+
+
+def _check_document(doc: Dict[str, Any]) -> List[str]:
+    if doc.get("status") not in STATUSES:
+        return [f"unknown status {doc.get('status')!r}"]
+    try:
+        cfg = CertifyConfig.from_dict(doc["config"])
+    except (ConfigError, TypeError) as exc:
+        return [f"config: {exc}"]
+    problems = differences("config", doc["config"], cfg.to_dict())
+    restated = {"alpha": cfg.alpha, "beta": cfg.beta, "beta_per_probe": cfg.beta_per_probe, "epsilon_requested": cfg.epsilon,
+                "n_verify": cfg.n_verify, "n_train": cfg.n_train, "d": cfg.decision_variables,
+                "epsilon_direct": pac.epsilon(cfg.n_verify + cfg.n_train, 1, cfg.beta_per_probe),
+                "threat_model": threat_model(doc["config"])}
+    for key, value in restated.items():
+        problems += differences(key, doc[key], value)
+    if doc["backend"] not in BACKENDS:
+        problems.append(f"backend {doc['backend']!r} is not one of {BACKENDS}")
+    shape = MLPShape(int(doc["input_dim"]), tuple(cfg.sample.model.hidden), int(doc["n_classes"]))
+    problems += differences("param_count", doc["param_count"], shape.param_count)
+    problems += differences("model_hash", doc["model_hash"], shape.spec_hash)
+
+    clean_hits = check_hits(doc["clean_accuracy"]["hits"], doc["test_size"], "clean_accuracy.hits")
+    if clean_hits.size != cfg.n_clean:
+        problems.append(f"clean_accuracy.hits holds {clean_hits.size} runs, the configuration {cfg.n_clean}")
+    rule = SafetyRule.from_clean_hits(clean_hits, doc["test_size"], cfg.alpha)
+    problems += differences("clean_accuracy", doc["clean_accuracy"], clean_summary(rule, clean_hits))
+    problems += differences("g_clean", doc["g_clean"], rule.g_clean)
+    if not math.ceil(rule.test_size / shape.n_classes) <= doc["chance_hits"] <= rule.test_size:
+        problems.append(f"chance_hits {doc['chance_hits']} is impossible for {rule.test_size} points in {shape.n_classes} classes")
+    problems += differences("warnings", doc["warnings"], warnings_for(rule, doc["chance_hits"]))
+
+    threat = cfg.sample.threat
+    top = max_budget(threat.norm, threat.domain, shape.input_dim)
+    pool_hits = check_hits(doc["pool"]["hits"], rule.test_size, "pool.hits")
+    pool_delta = min(cfg.pool_delta if cfg.pool_delta is not None else top, top)
+    problems += differences("pool", doc["pool"], {"delta": pool_delta, "rho": cfg.pool_rho, "n": cfg.n_pool,
+                                                  "n_unsafe": int(rule.unsafe(pool_hits).sum()), "hits": pool_hits.tolist()})
+
+    probes = doc["probes"]
+    if len(probes) > cfg.max_probes:
+        problems.append(f"{len(probes)} probes exceed max_probes={cfg.max_probes}: the union bound fails")
+    if [p["index"] for p in probes] != list(range(len(probes))):
+        problems.append("probe indices are not 0..n-1 in order (each index keys fresh seeds)")
+    problems += _check_search_path(probes, cfg, top)
+    for j, p in enumerate(probes):
+        problems += _check_probe(p, j, probes[:j], rule, cfg, doc)
+
+    status, reason, best = overall_status(probes)
+    problems += differences("status", doc["status"], status)
+    problems += differences("reason", doc["reason"], reason)
+    problems += differences("epsilon", doc["epsilon"], best["epsilon"] if best else None)
+    for key in CERTIFIED_FIELDS:
+        if best is None and key in doc:
+            problems.append(f"{key} is given although nothing was certified")
+        elif best is not None:
+            problems += differences(key, doc.get(key), best.get(key))
+    found = radii(probes, top, cfg.delta_hi)
+    problems += differences("radii", doc["radii"], found)
+    problems += _check_context(doc, found["delta_cert"], threat.norm, shape.input_dim)
+    runs = cfg.n_clean + cfg.n_pool + sum(p["n_train"] + p["n_verify"] for p in probes)
+    problems += differences("throughput", doc["throughput"],
+                            throughput(runs, cfg.sample.recipe.steps, doc["timings"]["total_s"], len(probes)), rel=1e-9)
+    return problems
+
+
+class _PathEnds(Exception):
+    """The stored probes ran out before the search would have stopped."""
+
+
+def _check_search_path(probes: List[Dict[str, Any]], cfg: CertifyConfig, top: float) -> List[str]:
+    """Re-run the bisection on the stored statuses: it must probe exactly the stored budgets."""
+    asked: List[float] = []
+
+    def probe(delta: float, index: int) -> Dict[str, Any]:
+        if index >= len(probes):
+            raise _PathEnds
+        asked.append(delta)
+        return {"status": probes[index]["status"]}
+
+    try:
+        search(probe, max_probes=cfg.max_probes, budget_max=top, delta_start=cfg.delta_start, delta_hi=cfg.delta_hi,
+               rel_tol=cfg.rel_tol)
+    except _PathEnds:
+        return [f"the search would have probed more budgets than the {len(probes)} stored"]
+    if len(asked) < len(probes):
+        return [f"the search stops after {len(asked)} probes, but {len(probes)} are stored"]
+    return differences("probe budgets (the search path)", [p["delta"] for p in probes], asked, rel=0.0)
+
+
+def _check_context(doc: Dict[str, Any], delta_cert: Optional[float], norm: str, input_dim: int) -> List[str]:
+    ctx = doc["context"]
+    if delta_cert is None:
+        return [] if ctx is None else ["context is given although nothing was certified"]
+    if ctx is None:
+        return ["context is missing for a certified radius"]
+    median = ctx["median_nearest_other_class_distance"]
+    expected = {"norm": norm, "radius": delta_cert, "input_dim": input_dim, "median_nearest_other_class_distance": median,
+                "radius_over_median_distance": radius_ratio(delta_cert, median)}
+    return differences("context", ctx, expected)
+
+
+def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule: SafetyRule, cfg: CertifyConfig,
+                 doc: Dict[str, Any]) -> List[str]:
+    tag = f"probe {j + 1} (δ={p['delta']:g})"
+    beta = cfg.beta_per_probe
+    problems = differences(f"{tag} beta", p["beta"], beta) + differences(f"{tag} d", p["d"], cfg.decision_variables)
+    hits = {}
+    for split, n in (("train", cfg.n_train), ("verify", cfg.n_verify)):
+        hits[split] = check_hits(p["hits"][split], rule.test_size, f"{tag} hits.{split}")
+        if not hits[split].size == p[f"n_{split}"] == n:
+            problems.append(f"{tag}: {hits[split].size} {split} hit counts, n_{split} = {p[f'n_{split}']}, configured {n}")
+    for key, value in label_fields(rule, hits, beta, cfg.epsilon).items():
+        problems += differences(f"{tag} {key}", p[key], value)
+    found = first_unsafe(rule, hits)
+    expected_witness = None
+    if found is not None:
+        split, i = found
+        seeds = trajectory_seeds(cfg.seed, split_purpose(j, split), 1, start=i)[0]
+        expected_witness = witness_record(rule, split, i, int(hits[split][i]), seeds, p["delta"], doc["backend"])
+    problems += differences(f"{tag} witness", p["witness"], expected_witness)
+    n_unsafe_verify = int(rule.unsafe(hits["verify"]).sum())
+    n_unsafe_train = int(rule.unsafe(hits["train"]).sum())
+    rows = pool_size(doc["pool"]["n_unsafe"], earlier, p["delta"])
+    v = p.get("verdict")
+    if v is None:
+        if n_unsafe_verify == 0 and rows > 0:
+            return problems + [f"{tag}: no scenario program was solved although no verification run is unsafe and "
+                               f"the pool holds {rows} states"]
+        status, reason = probe_status(n_unsafe_verify=n_unsafe_verify, n_verify=cfg.n_verify, alpha=cfg.alpha, pool_rows=rows)
+        problems += differences(f"{tag} epsilon", p["epsilon"], None)
+    else:
+        if n_unsafe_verify > 0 or rows == 0:
+            problems.append(f"{tag}: a scenario program is recorded although {n_unsafe_verify} verification runs are "
+                            f"unsafe and the pool holds {rows} states")
+        problems += differences(f"{tag} pool_size", p["pool_size"], rows)
+        problems += differences(f"{tag} tau", p["tau"], cfg.tau)
+        eps = pac.epsilon(cfg.n_verify, cfg.decision_variables, beta)
+        problems += differences(f"{tag} epsilon", p["epsilon"], eps)
+        problems += _check_verdict(tag, p, v, cfg)
+        consistency = training_split_consistency(n_unsafe_train, cfg.n_train, eps, beta)
+        problems += differences(f"{tag} train_consistency", p["train_consistency"], consistency)
+        margins = v["trajectory_margins"]
+        complete = all(isinstance(m, (int, float)) for m in margins + [v["pool_margin"]])
+        eta = max(margins + [v["pool_margin"]]) if complete and margins else None
+        if v["solver_status"] == "optimal" and not complete:
+            problems.append(f"{tag}: an OPTIMAL solution with incomplete or non-finite margins")
+        problems += differences(f"{tag} eta_check", p["eta_check"], eta)
+        status, reason = probe_status(
+            n_unsafe_verify=n_unsafe_verify, n_verify=cfg.n_verify, alpha=cfg.alpha, pool_rows=rows,
+            solved={"solver_status": v["solver_status"], "eta_check": math.inf if eta is None else eta,
+                    "rounding_bound": v["rounding_bound"] if v["rounding_bound"] is not None else math.inf,
+                    "tau": cfg.tau, "epsilon": eps, "epsilon_requested": cfg.epsilon, "train_consistency": consistency})
+    problems += differences(f"{tag} status", p["status"], status)
+    problems += differences(f"{tag} reason", p["reason"], reason)
+    return problems
+
+
+def _check_verdict(tag: str, p: Dict[str, Any], v: Dict[str, Any], cfg: CertifyConfig) -> List[str]:
+    """The solution's shape against d, its support against the a-posteriori bound, C4 on c, and the
+    stored barrier against the configuration."""
+    m = cfg.barrier.out_dim
+    problems: List[str] = []
+    if len(v["w"]) != m or p["d"] != len(v["w"]) + 3 + (1 if cfg.mu > 0 else 0):
+        problems.append(f"{tag}: w has {len(v['w'])} entries, d = {p['d']}; the barrier has out_dim {m}, so d must be "
+                        f"{m + 3 + (1 if cfg.mu > 0 else 0)}")
+    if len(v["trajectory_margins"]) != cfg.n_verify:
+        problems.append(f"{tag}: {len(v['trajectory_margins'])} trajectory margins for {cfg.n_verify} verification runs")
+    support = v["support_indices"]
+    if support is not None:
+        if len(set(support)) != len(support) or any(not (isinstance(i, int) and 0 <= i < cfg.n_verify) for i in support):
+            problems.append(f"{tag}: support indices are not distinct verification runs")
+        problems += differences(f"{tag} n_support", p["n_support"], len(support))
+    n_support = p["n_support"]
+    post = pac.epsilon_a_posteriori(cfg.n_verify, n_support, cfg.beta_per_probe, p["d"]) \
+        if n_support is not None and 0 <= n_support <= p["d"] <= cfg.n_verify else None
+    problems += differences(f"{tag} epsilon_a_posteriori", p["epsilon_a_posteriori"], post)
+    K = cfg.sample.recipe.intervals
+    if v["c"] is not None and not v["c"] <= c_max(K, cfg.kappa):
+        problems.append(f"{tag}: c = {v['c']} breaks K*c <= 1 - kappa (K = {K}, kappa = {cfg.kappa})")
+    trunk = Barrier.from_dict(p["barrier"]["trunk"])
+    if trunk.config != cfg.barrier:
+        problems.append(f"{tag}: the stored barrier was fitted with {trunk.config}, the configuration says {cfg.barrier}")
+    if (trunk.out_dim, trunk.in_dim, p["barrier"]["out_dim"]) != (m, cfg.sample.features.dim, m):
+        problems.append(f"{tag}: the stored barrier maps {trunk.in_dim} features to {trunk.out_dim} outputs; "
+                        f"the configuration has {cfg.sample.features.dim} features and out_dim {m}")
+    return problems

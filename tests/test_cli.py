@@ -1,0 +1,265 @@
+"""The CLI as a new user meets it: outputs never lost, clear one-line errors with documented exit
+statuses, progress in a log, --version and --help that explain."""
+import errno
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from barrierkit import cli
+from barrierkit.cli import main
+from barrierkit.outputs import OutputError, OutputLocks, lock_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SAMPLE = ["sample", "--dataset", "synthetic", "--n", "3", "--delta", "0.1", "--steps", "8", "--record-every", "4",
+               "--hidden", "5", "--quiet"]
+TINY_CERTIFY = ["certify", "--steps", "40", "--record-every", "20", "--n-verify", "40", "--n-train", "20", "--n-clean", "10",
+                "--n-pool", "10", "--max-probes", "2", "--epsilon", "0.6", "--beta", "0.1", "--delta-hi", "0.01"]
+
+
+def no_work(monkeypatch):
+    """Make any sampling fail the test: the command must stop before the work."""
+    import barrierkit.api  # noqa: F401  (imported first, so that no module binds the stand-in for good)
+    import barrierkit.engine
+
+    def boom(*a, **k):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(barrierkit.engine, "sample", boom)
+    monkeypatch.setattr("barrierkit.api.certify", boom)
+
+
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+# ------------------------------------------------------------------------- outputs never lost
+
+
+def test_sample_refuses_a_summary_that_is_the_out_file(tmp_path, capsys, monkeypatch):
+    no_work(monkeypatch)
+    out = tmp_path / "t.json"  # the default summary path is OUT with .json: the same file
+    assert main([*TINY_SAMPLE, "--out", str(out)]) == 2
+    one_line_error(capsys, "summary", "same file")
+    assert main([*TINY_SAMPLE, "--out", str(tmp_path / "a.npz"), "--summary", str(tmp_path / "a.npz")]) == 2
+    one_line_error(capsys, "same file")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra,field", [(["--alpha", "nan"], "alpha"), (["--alpha", "-1"], "alpha"),
+                                         (["--summary", "DIR"], "summary"), (["--n-clean", "-1"], "n_clean")])
+def test_a_bad_option_leaves_the_previous_outputs_intact(tmp_path, capsys, monkeypatch, extra, field):
+    prev, summary = tmp_path / "prev.npz", tmp_path / "prev.json"
+    prev.write_bytes(b"previous trajectories")
+    summary.write_bytes(b"previous summary")
+    (tmp_path / "DIR").mkdir()
+    no_work(monkeypatch)
+    extra = [str(tmp_path / "DIR") if e == "DIR" else e for e in extra]
+    assert main([*TINY_SAMPLE, "--out", str(prev), *extra]) == 2
+    one_line_error(capsys, field)
+    assert prev.read_bytes() == b"previous trajectories" and summary.read_bytes() == b"previous summary"
+
+
+def test_a_late_write_failure_keeps_both_previous_files(tmp_path, capsys, monkeypatch):
+    prev, summary = tmp_path / "prev.npz", tmp_path / "prev.json"
+    prev.write_bytes(b"previous trajectories")
+    summary.write_bytes(b"previous summary")
+    import barrierkit.io
+
+    real = barrierkit.io.json_bytes
+
+    def disk_full(obj):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(summary))
+
+    monkeypatch.setattr(barrierkit.io, "json_bytes", disk_full)
+    assert main([*TINY_SAMPLE, "--out", str(prev)]) == 7
+    one_line_error(capsys, "No space left on device")
+    assert prev.read_bytes() == b"previous trajectories" and summary.read_bytes() == b"previous summary"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prev.json", "prev.npz"], "no temporary or lock file left"
+    monkeypatch.setattr(barrierkit.io, "json_bytes", real)
+    assert main([*TINY_SAMPLE, "--out", str(prev)]) == 0
+    assert prev.read_bytes() != b"previous trajectories"
+
+
+@pytest.mark.parametrize("out,needle", [("DIR", "is a folder"), ("", "must be a file path"), ("MISSING/c.json", "does not exist")])
+def test_certify_checks_out_before_any_work(tmp_path, capsys, monkeypatch, out, needle):
+    no_work(monkeypatch)
+    (tmp_path / "DIR").mkdir()
+    out = out.replace("DIR", str(tmp_path / "DIR")).replace("MISSING", str(tmp_path / "missing"))
+    assert main([*TINY_CERTIFY, "--out", out]) == 2
+    one_line_error(capsys, "out", needle)
+
+
+def test_certify_refuses_a_read_only_folder_before_any_work(tmp_path, capsys, monkeypatch):
+    no_work(monkeypatch)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if os.fspath(p) == str(tmp_path) else real(p, mode))
+    assert main([*TINY_CERTIFY, "--out", str(tmp_path / "c.json")]) == 2
+    one_line_error(capsys, "not writable")
+
+
+def test_certify_prints_the_report_when_the_final_write_fails(tmp_path, capsys, monkeypatch):
+    from barrierkit.certificate import Certificate
+
+    def read_only(self, path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.setattr(Certificate, "save", read_only)
+    assert main([*TINY_CERTIFY, "--quiet", "--out", str(tmp_path / "c.json")]) == 7
+    out, err = capsys.readouterr()
+    assert "barrierkit certificate:" in out and "What this does not mean" in out
+    assert "could not write" in err and "nothing was written" in err and "Traceback" not in err
+
+
+def test_certify_without_out_says_nothing_was_saved(capsys):
+    code = main([*TINY_CERTIFY])
+    assert code in (0, 3, 4)
+    err = capsys.readouterr().err
+    assert "nothing was saved" in err
+
+
+def hold_lock(path):
+    """A second process holding the output lock of ``path`` (as a running certify would)."""
+    code = (f"import time, sys\nfrom barrierkit.outputs import OutputLocks\n"
+            f"with OutputLocks([('out', {str(path)!r})]):\n    print('locked', flush=True)\n    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_process_cannot_write_the_same_output(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "c.json"
+    holder = hold_lock(out)
+    try:
+        no_work(monkeypatch)
+        assert main([*TINY_CERTIFY, "--out", str(out)]) == 2
+        one_line_error(capsys, "another barrierkit process", f"pid {holder.pid}", str(out))
+        assert main([*TINY_SAMPLE, "--out", str(tmp_path / "x.npz"), "--summary", str(out)]) == 2
+        one_line_error(capsys, "summary", "another barrierkit process")
+    finally:
+        holder.kill()  # kill -9: the kernel releases the lock
+        holder.wait()
+    with OutputLocks([("out", str(out))]):
+        assert os.path.exists(lock_path(str(out)))
+    assert not os.path.exists(lock_path(str(out)))
+    with OutputLocks([("out", str(out))]):
+        with pytest.raises(OutputError, match="another barrierkit process"):
+            OutputLocks([("out", str(out))]).__enter__()
+
+
+# ---------------------------------------------------------------------------- errors and exits
+
+
+def test_a_huge_n_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    no_work(monkeypatch)
+    assert main([*TINY_SAMPLE, "--n", "1000000000000", "--out", str(tmp_path / "t.npz")]) == 2
+    one_line_error(capsys, "n:", "GiB")
+
+
+@pytest.mark.parametrize("status,code", [("CERTIFIED", 0), ("REFUTED", 3), ("INCONCLUSIVE", 4)])
+def test_certify_exit_status_says_the_outcome(monkeypatch, capsys, status, code):
+    class Result:
+        doc = {}
+
+        def __init__(self):
+            self.status = status
+
+        def summary(self):
+            return f"barrierkit certificate: {status}"
+
+    monkeypatch.setattr("barrierkit.api.certify", lambda *a, **k: Result())
+    assert main([*TINY_CERTIFY, "--quiet"]) == code
+
+
+@pytest.mark.parametrize("exc,code,needle", [
+    (RuntimeError("boom"), 1, "internal error"), (FloatingPointError("runs 3 diverged"), 5, "numerical error"),
+    (MemoryError(), 7, "out of memory"), (OSError(errno.ENOSPC, "No space left on device", "/x"), 7, "No space left"),
+    (KeyboardInterrupt(), 130, "interrupted"),
+])
+def test_failures_are_one_line_with_a_documented_status(monkeypatch, capsys, exc, code, needle):
+    def fail(*a, **k):
+        raise exc
+
+    monkeypatch.setattr("barrierkit.api.certify", fail)
+    assert main([*TINY_CERTIFY, "--quiet"]) == code
+    one_line_error(capsys, needle)
+    assert f"\n  {code} " in cli.EXIT_CODES or f"  {code}  " in cli.EXIT_CODES
+
+
+def test_an_internal_error_traceback_goes_to_the_log_file(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("barrierkit.api.certify", lambda *a, **k: 1 / 0)
+    log = tmp_path / "run.log"
+    assert main([*TINY_CERTIFY, "--quiet", "--log-file", str(log)]) == 1
+    one_line_error(capsys, "ZeroDivisionError")
+    assert "Traceback" in log.read_text()
+
+
+def test_a_nan_accuracy_is_an_error_not_a_safe_run(monkeypatch, capsys, tmp_path):
+    import torch
+
+    from barrierkit.features import FeatureMap
+
+    real = FeatureMap.accuracy
+
+    def with_nan(self, params, x, y):
+        acc = real(self, params, x, y).clone()
+        acc[0] = torch.nan
+        return acc
+
+    monkeypatch.setattr(FeatureMap, "accuracy", with_nan)
+    out = tmp_path / "c.json"
+    assert main([*TINY_CERTIFY, "--quiet", "--backend", "torch", "--out", str(out)]) == 5
+    one_line_error(capsys, "numerical error", "NaN")
+    assert not out.exists()
+
+
+def test_broken_pipe_is_not_an_error(cli_certificate):
+    """``barrierkit report CERT | head -1``: the reader goes away; no traceback, status 0."""
+    code = ("import os, sys\nr, w = os.pipe()\nos.close(r)\nos.dup2(w, 1)\n"
+            f"from barrierkit.cli import main\nsys.exit(main(['report', {str(cli_certificate)!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+# ----------------------------------------------------------------------------- progress and help
+
+
+def test_progress_is_logged_per_stage_and_probe_when_stderr_is_not_a_terminal(capsys, tmp_path):
+    log = tmp_path / "run.log"
+    main([*TINY_CERTIFY, "--log-file", str(log)])
+    err = capsys.readouterr().err
+    for needle in ("certify:", "clean runs:", "unsafe pool:", "probe 1 of at most 2: δ = 0.01"):
+        assert needle in err and needle in log.read_text()
+    main([*TINY_CERTIFY, "--quiet"])
+    assert "probe 1" not in capsys.readouterr().err
+
+
+def test_delta_start_with_delta_hi_is_a_warning(capsys):
+    main([*TINY_CERTIFY, "--quiet", "--delta-start", "0.5"])
+    assert "--delta-start 0.5 is not used" in capsys.readouterr().err
+
+
+def test_an_exploding_learning_rate_is_warned_about(tmp_path, capsys):
+    assert main([*TINY_SAMPLE, "--dataset", "digits", "--lr", "1e6", "--n-clean", "4", "--out", str(tmp_path / "t.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "training diverges" in err and "near chance" in err
+
+
+def test_version_and_help_explain(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and "barrierkit 0." in capsys.readouterr().out
+    for command, needles in (("certify", ["--sign-noise", "flipped", "triton_tf32", "TF32", "exit status", "one-shot"]),
+                             ("report", ["Print the report", "refused"]), ("verify", ["--replay", "checksum, not a signature"]),
+                             ("sample", ["must differ from OUT", "exit status"])):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for needle in needles:
+            assert needle in text, (command, needle)

@@ -1,0 +1,309 @@
+"""verify re-derives every derivable field of a certificate; --replay re-runs its runs.
+
+Each forgery below edits a certificate and recomputes its digest, as a forger would; every one
+must be caught. A digest is a checksum, not a signature, so the checks are what stands between
+a user and a self-contradicting document.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from barrierkit import pac
+from barrierkit.certificate import Certificate
+from barrierkit.cli import main
+from barrierkit.labels import SafetyRule
+from barrierkit.outcomes import label_fields
+
+pytestmark = pytest.mark.portability  # also run under ATEN_CPU_CAPABILITY=default and avx2 (tests/test_portability.py)
+
+
+def forged(cli_certificate, tmp_path, edit, name="forged.json"):
+    """The fixture's certificate with ``edit(doc)`` applied and the digest recomputed."""
+    cert = Certificate.load(cli_certificate)
+    edit(cert.doc)
+    path = tmp_path / name
+    cert.save(path)
+    return path
+
+
+def first(doc, status):
+    return next(p for p in doc["probes"] if p["status"] == status)
+
+
+def certified(doc):
+    return max((p for p in doc["probes"] if p["status"] == "CERTIFIED"), key=lambda p: p["delta"])
+
+
+def test_the_fixture_has_what_the_forgeries_need(cli_certificate):
+    doc = Certificate.load(cli_certificate).doc
+    assert doc["status"] == "CERTIFIED" and first(doc, "REFUTED")["witness"] is not None
+    assert Certificate.load(cli_certificate).check() == []
+
+
+def promote_refuted(doc):
+    """A REFUTED probe made CERTIFIED with an epsilon and its counts zeroed; its hit counts, witness
+    and accuracy-drop summary (max above alpha) stay inside."""
+    p = first(doc, "REFUTED")
+    p.update(status="CERTIFIED", n_unsafe_verify=0, n_unsafe_train=0,
+             epsilon=pac.epsilon(p["n_verify"], p["d"], p["beta"]))
+    p["direct"]["passed"] = True
+
+
+def tighten_alpha(doc):
+    doc["config"]["alpha"] = doc["alpha"] = 0.01
+
+
+def change_d_keep_w(doc):
+    for p in doc["probes"]:
+        p["d"] += 1
+    doc["d"] += 1
+
+
+def change_out_dim(doc):
+    doc["config"]["barrier"]["out_dim"] += 1
+
+
+def forge_a_posteriori(doc):
+    p = certified(doc)
+    p["epsilon_a_posteriori"] = doc["epsilon_a_posteriori"] = 1e-4
+
+
+def inflate_context(doc):
+    doc["context"]["radius_over_median_distance"] *= 2
+
+
+def inflate_context_radius(doc):
+    doc["context"]["radius"] *= 2
+
+
+def change_g_clean_once(doc):
+    doc["g_clean"] += 0.01
+
+
+def change_rho_in_config_only(doc):
+    doc["config"]["sample"]["threat"]["rho"] = 0.1
+
+
+def witness_not_unsafe(doc):
+    p = first(doc, "REFUTED")
+    w = p["witness"]
+    w["test_hits"] = int(doc["clean_accuracy"]["median_hits"])
+    w["test_accuracy"] = w["test_hits"] / doc["test_size"]
+    w["accuracy_drop"] = 0.0
+
+
+def witness_seeds(doc):
+    first(doc, "REFUTED")["witness"]["seeds"]["poison"] += 1
+
+
+def unsafe_hit_in_certified(doc):
+    certified(doc)["hits"]["verify"][3] = 0
+
+
+def lower_drop_summary(doc):
+    first(doc, "REFUTED")["verify_accuracy_drop"]["max"] = 0.01
+
+
+def pool_count(doc):
+    doc["pool"]["n_unsafe"] -= 1
+
+
+def drop_last_probe(doc):
+    doc["probes"].pop()
+
+
+def shift_a_budget(doc):
+    doc["probes"][-1]["delta"] *= 1.01
+
+
+def forge_eta_check(doc):
+    p = certified(doc)
+    p["eta_check"] = doc["eta_check"] = -1.0
+
+
+def forge_max_margin(doc):
+    """The largest stored margin (the one eta_check is the max of) lowered."""
+    v = certified(doc)["verdict"]
+    top = max(v["trajectory_margins"] + [v["pool_margin"]])
+    v["trajectory_margins"] = [m - 0.5 if m == top else m for m in v["trajectory_margins"]]
+    if v["pool_margin"] == top:
+        v["pool_margin"] -= 0.5
+
+
+def flip_status(doc):
+    doc["status"] = "REFUTED"
+
+
+def inflate_delta_cert(doc):
+    doc["radii"]["delta_cert"] *= 2
+
+
+def claim_whole_domain(doc):
+    doc["radii"]["whole_domain"] = True
+
+
+def inflate_throughput(doc):
+    doc["throughput"]["trajectory_steps_per_s"] *= 2
+
+
+def forge_direct_epsilon(doc):
+    doc["probes"][0]["direct"]["epsilon"] = 1e-6
+
+
+def renumber_probe(doc):
+    doc["probes"][0]["index"] = 5
+
+
+def hide_contradiction(doc):
+    certified(doc)["train_consistency"]["rate_lower_bound"] = -1.0
+
+
+def add_warning(doc):
+    doc["warnings"].append("nothing to see")
+
+
+def impossible_chance(doc):
+    doc["chance_hits"] = doc["test_size"] + 1
+
+
+def forge_top_epsilon_direct(doc):
+    doc["epsilon_direct"] /= 2
+
+
+def forge_clean_hits(doc):
+    doc["clean_accuracy"]["hits"][0] = 0
+
+
+def forge_param_count(doc):
+    doc["param_count"] += 1
+
+
+def forge_support(doc):
+    p = certified(doc)
+    p["n_support"] = doc["n_support"] = p["n_support"] + 1
+
+
+def threat_model_only(doc):
+    doc["threat_model"]["norm"] = "2"
+
+
+def break_c4(doc):
+    certified(doc)["verdict"]["c"] = 1.0
+
+
+def change_reason(doc):
+    doc["reason"] = "trust me"
+
+
+FORGERIES = [
+    (promote_refuted, "n_unsafe_verify"), (tighten_alpha, "n_unsafe"), (change_d_keep_w, "d is"),
+    (change_out_dim, "w has"), (forge_a_posteriori, "epsilon_a_posteriori"), (inflate_context, "context"),
+    (inflate_context_radius, "context.radius"), (change_g_clean_once, "g_clean"), (change_rho_in_config_only, "threat_model"),
+    (witness_not_unsafe, "witness"), (witness_seeds, "witness.seeds.poison"), (unsafe_hit_in_certified, "n_unsafe_verify"),
+    (lower_drop_summary, "verify_accuracy_drop.max"), (pool_count, "pool.n_unsafe"), (drop_last_probe, "search"),
+    (shift_a_budget, "search path"), (forge_eta_check, "eta_check"), (forge_max_margin, "eta_check"), (flip_status, "status"),
+    (inflate_delta_cert, "radii.delta_cert"), (claim_whole_domain, "radii.whole_domain"),
+    (inflate_throughput, "throughput"), (forge_direct_epsilon, "direct.epsilon"), (renumber_probe, "indices"),
+    (hide_contradiction, "train_consistency"), (add_warning, "warnings"), (impossible_chance, "chance_hits"),
+    (forge_top_epsilon_direct, "epsilon_direct"), (forge_clean_hits, "clean_accuracy"), (forge_param_count, "param_count"),
+    (forge_support, "n_support"), (threat_model_only, "threat_model"), (break_c4, "K*c"), (change_reason, "reason"),
+]
+
+
+@pytest.mark.parametrize("edit,needle", FORGERIES, ids=[f.__name__ for f, _ in FORGERIES])
+def test_verify_catches_every_forgery_with_a_recomputed_digest(cli_certificate, tmp_path, capsys, edit, needle):
+    path = forged(cli_certificate, tmp_path, edit)
+    assert main(["verify", str(path)]) == 6
+    err = capsys.readouterr().err
+    assert "FAILED" in err and needle in err, err
+    assert main(["report", str(path)]) == 6, "report refuses what verify refuses"
+    assert capsys.readouterr().err == err.replace("barrierkit verify", "barrierkit report")
+
+
+def test_an_edit_without_a_new_digest_is_a_digest_mismatch(cli_certificate, tmp_path, capsys):
+    doc = json.loads(cli_certificate.read_text())
+    doc["g_clean"] += 0.01
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(doc))
+    assert main(["verify", str(path)]) == 6
+    assert "digest mismatch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "binary"),
+    (b"{not json", "invalid JSON"),
+    (b'{"format": "barrierkit.certificate/2", "g_clean": NaN}', "NaN"),
+    (b'[1, 2, 3]', "not a barrierkit certificate"),
+    (b'{"format": "barrierkit.certificate/1", "status": "CERTIFIED"}', "before safety labels were exact"),
+    (b'{"format": "something/else"}', "not a barrierkit certificate"),
+    (b'{"format": "barrierkit.certificate/99"}', "another barrierkit version"),
+])
+@pytest.mark.parametrize("command", ["verify", "report"])
+def test_unreadable_files_are_one_line_naming_the_file(tmp_path, capsys, content, needle, command):
+    path = tmp_path / "cert.json"
+    path.write_bytes(content)
+    assert main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["verify", "report"])
+def test_missing_file_and_folder_are_bad_input(tmp_path, capsys, command):
+    assert main([command, str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+    assert main([command, str(tmp_path)]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_a_malformed_document_is_a_failed_check_not_a_crash(cli_certificate, tmp_path, capsys):
+    path = forged(cli_certificate, tmp_path, lambda d: d.pop("probes"))
+    assert main(["report", str(path)]) == 6
+    assert "malformed document" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- replay
+
+
+def consistent_hits_forgery(doc):
+    """One verification run of the certified probe credited one more correct point, with every
+    derived field updated to match: quick verify cannot see it; only re-running the run can."""
+    p = certified(doc)
+    rule = SafetyRule.from_clean_hits(doc["clean_accuracy"]["hits"], doc["test_size"], doc["alpha"])
+    i = int(np.argmin(p["hits"]["verify"]))
+    p["hits"]["verify"][i] += 1
+    p.update(label_fields(rule, {s: np.array(h) for s, h in p["hits"].items()}, p["beta"], doc["epsilon_requested"]))
+
+
+def consistent_margin_forgery(doc):
+    """A margin that is not the largest, moved: eta_check is unchanged, so quick verify passes."""
+    v = certified(doc)["verdict"]
+    i = int(np.argmin(v["trajectory_margins"]))
+    v["trajectory_margins"][i] -= 0.01
+
+
+def test_verify_replay_reproduces_the_certificate(cli_certificate, capsys):
+    assert main(["verify", "--replay", str(cli_certificate)]) == 0
+    out = capsys.readouterr()
+    assert "REPLAY OK" in out.out and "largest margin difference 0," in out.out
+    assert "replay: probe 1" in out.err, "replay logs its progress"
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (consistent_hits_forgery, "verify split: run"),
+    (consistent_margin_forgery, "the margin of verification run"),
+])
+def test_verify_replay_catches_what_quick_verify_cannot(cli_certificate, tmp_path, capsys, edit, needle):
+    path = forged(cli_certificate, tmp_path, edit)
+    assert main(["verify", str(path)]) == 0, "the forgery is self-consistent"
+    capsys.readouterr()
+    assert main(["verify", "--replay", "--quiet", str(path)]) == 6
+    err = capsys.readouterr().err
+    assert "REPLAY FAILED" in err and needle in err, err
+
+
+def test_certificate_is_owner_only_and_loads_back(cli_certificate):
+    assert (os.stat(cli_certificate).st_mode & 0o077) == 0
+    cert = Certificate.load(cli_certificate)
+    assert Certificate(json.loads(json.dumps(cert.doc))).to_json() == cert.to_json()
