@@ -27,7 +27,7 @@ from .labels import SafetyRule
 
 FORMAT = "barrierkit.certificate/2"
 OLD_FORMATS = ("barrierkit.certificate/1",)
-STATUSES = ("CERTIFIED", "REFUTED", "INCONCLUSIVE", "ERROR")
+STATUSES = ("CERTIFIED", "REFUTED", "INCONCLUSIVE")
 CERTIFIED_FIELDS = ("eta_star", "eta_check", "n_support", "epsilon_a_posteriori", "tau")
 """Fields of the certified probe that the document repeats at its top level."""
 

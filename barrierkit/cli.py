@@ -271,11 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"barrierkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("sample", help="sample N (poisoned) training runs and record their trajectories",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
-                       description="Run N training runs poisoned at budget --delta and record their features "
-                                   "(a .npz Trajectories file) and a JSON summary. Both files are written together "
-                                   "at the end: a failure leaves earlier files as they were.")
+
+    def command(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES, **kw)
+
+    p = command("sample", help="sample N (poisoned) training runs and record their trajectories",
+                description="Run N training runs poisoned at budget --delta and record their features "
+                            "(a .npz Trajectories file) and a JSON summary. Both files are written together "
+                            "at the end: a failure leaves earlier files as they were.")
     p.add_argument("--n", type=int, default=1000, help="number of trajectories (default: 1000)")
     p.add_argument("--delta", type=float, required=True, help="poisoning budget: ||Delta||_p <= delta")
     p.add_argument("--out", default="trajectories.npz", help="Trajectories file to write (default: trajectories.npz)")
@@ -286,13 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("certify", help="search the largest certified poisoning budget and write a Certificate",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
-                       description="Bisect over the budget delta; at each probe sample fresh poisoned runs, fit a "
-                                   "neural barrier certificate on a training split and verify it with a scenario "
-                                   "convex program on a verification split (PAC: confidence 1 - beta, violation "
-                                   "level epsilon). Prints the report; writes the JSON certificate to --out. The "
-                                   "result holds only for the named sampling attack (--attack).")
+    p = command("certify", help="search the largest certified poisoning budget and write a Certificate",
+                description="Bisect over the budget delta; at each probe sample fresh poisoned runs, fit a "
+                            "neural barrier certificate on a training split and verify it with a scenario "
+                            "convex program on a verification split (PAC: confidence 1 - beta, violation "
+                            "level epsilon). Prints the report; writes the JSON certificate to --out. The "
+                            "result holds only for the named sampling attack (--attack).")
     g = p.add_argument_group("certificate")
     g.add_argument("--alpha", type=float, default=0.05, help="unsafe when the accuracy drop G = g_c - g exceeds alpha (default: 0.05)")
     g.add_argument("--epsilon", type=float, default=0.02, help="largest acceptable violation level (default: 0.02)")
@@ -316,28 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(p)
     p.set_defaults(func=cmd_certify)
 
-    p = sub.add_parser("verify", help="re-derive a saved certificate; --replay re-runs its runs",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
-                       description="Check a certificate. Always: its digest (a checksum, not a signature) and every "
-                                   "field that follows from other fields of the document (labels, counts and "
-                                   "witnesses from the stored hit counts, every epsilon, eta_check from the stored "
-                                   "margins, statuses, the search path, radii, context). With --replay: re-run every "
-                                   "run from its seeds with the recorded backend (clean runs, pool, each probe's "
-                                   "training and verification split) and recompute the hit counts, labels, "
-                                   "witnesses, scenario rows and eta_check from the stored barrier and solution; "
-                                   "this takes about as long as the certification's sampling. Reports the first "
-                                   "mismatch.")
+    p = command("verify", help="re-derive a saved certificate; --replay re-runs its runs",
+                description="Check a certificate. Always: its digest (a checksum, not a signature) and every "
+                            "field that follows from other fields of the document (labels, counts and "
+                            "witnesses from the stored hit counts, every epsilon, eta_check from the stored "
+                            "margins, statuses, the search path, radii, context). With --replay: re-run every "
+                            "run from its seeds with the recorded backend (clean runs, pool, each probe's "
+                            "training and verification split) and recompute the hit counts, labels, "
+                            "witnesses, scenario rows and eta_check from the stored barrier and solution; "
+                            "this takes about as long as the certification's sampling. Reports the first "
+                            "mismatch.")
     p.add_argument("certificate", help="certificate JSON written by barrierkit certify --out")
     p.add_argument("--replay", action="store_true", help="also re-run every run of the certificate (slow; see above)")
     add_common_options(p)
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("report", help="print the plain-text report of a saved certificate",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
-                       description="Print the report of a saved certificate: the guarantee in one sentence, the "
-                                   "sampling attack, the radii, every probe, the radius in context, warnings and what "
-                                   "the certificate does not mean. The document is checked as 'verify' checks it "
-                                   "first; a document that fails is refused the same way.")
+    p = command("report", help="print the plain-text report of a saved certificate",
+                description="Print the report of a saved certificate: the guarantee in one sentence, the "
+                            "sampling attack, the radii, every probe, the radius in context, warnings and what "
+                            "the certificate does not mean. The document is checked as 'verify' checks it "
+                            "first; a document that fails is refused the same way.")
     p.add_argument("certificate", help="certificate JSON")
     add_common_options(p)
     p.set_defaults(func=cmd_report)

@@ -74,3 +74,22 @@ def cli_certificate(tmp_path_factory):
     out = tmp_path_factory.mktemp("cert") / "cert.json"
     assert main([*CLI_CERTIFY_ARGS, "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture
+def nan_accuracy(monkeypatch):
+    """``nan_accuracy(run)``: from now on the torch feature map reports a NaN test accuracy for
+    model ``run`` of every chunk (as a diverged or broken evaluation would)."""
+    from barrierkit.features import FeatureMap
+
+    real = FeatureMap.accuracy
+
+    def install(run: int) -> None:
+        def with_nan(self, params, x, y):
+            acc = real(self, params, x, y).clone()
+            acc[run] = torch.nan
+            return acc
+
+        monkeypatch.setattr(FeatureMap, "accuracy", with_nan)
+
+    return install

@@ -200,19 +200,8 @@ def test_an_internal_error_traceback_goes_to_the_log_file(monkeypatch, capsys, t
     assert "Traceback" in log.read_text()
 
 
-def test_a_nan_accuracy_is_an_error_not_a_safe_run(monkeypatch, capsys, tmp_path):
-    import torch
-
-    from barrierkit.features import FeatureMap
-
-    real = FeatureMap.accuracy
-
-    def with_nan(self, params, x, y):
-        acc = real(self, params, x, y).clone()
-        acc[0] = torch.nan
-        return acc
-
-    monkeypatch.setattr(FeatureMap, "accuracy", with_nan)
+def test_a_nan_accuracy_is_an_error_not_a_safe_run(nan_accuracy, capsys, tmp_path):
+    nan_accuracy(0)
     out = tmp_path / "c.json"
     assert main([*TINY_CERTIFY, "--quiet", "--backend", "torch", "--out", str(out)]) == 5
     one_line_error(capsys, "numerical error", "NaN")

@@ -116,22 +116,12 @@ def test_every_backend_yields_hit_counts(small_data, backend):
     assert np.array_equal(runs.test_accuracy, runs.test_hits / runs.test_size)
 
 
-def test_a_nan_accuracy_stops_sampling_naming_the_run(small_data, monkeypatch):
+def test_a_nan_accuracy_stops_sampling_naming_the_run(small_data, nan_accuracy):
     """NaN > alpha is False: one NaN accuracy used to make a run 'safe'. Now it is an error."""
-    import torch
-
     from barrierkit.config import FeatureSpec, ModelSpec, SampleConfig, TrainRecipe
     from barrierkit.engine import sample, trajectory_seeds
-    from barrierkit.features import FeatureMap
 
-    real = FeatureMap.accuracy
-
-    def nan_for_run_1(self, params, x, y):
-        acc = real(self, params, x, y).clone()
-        acc[1] = torch.nan
-        return acc
-
-    monkeypatch.setattr(FeatureMap, "accuracy", nan_for_run_1)
+    nan_accuracy(1)
     cfg = SampleConfig(model=ModelSpec(hidden=(5,)), recipe=TrainRecipe(steps=8, batch=8, record_every=4),
                        features=FeatureSpec(projection_dim=2, probe_size=16))
     with pytest.raises(FloatingPointError, match="runs 1:"):
