@@ -40,7 +40,8 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
     device = resolve_device(device)
     data = data if data is not None else get_dataset(config.sample.dataset)
     scfg = config.sample
-    check_memory(scfg, config.n_train + config.n_verify, "n_verify")
+    for name, n in (("n_clean", config.n_clean), ("n_pool", config.n_pool), ("n_verify", config.n_train + config.n_verify)):
+        check_memory(scfg, n, name)
     backend = resolve(backend, device, data.input_dim, scfg.model.hidden, scfg.recipe.batch, scfg.recipe.dtype)
     log.info("certify: %s, MLP %s, %d steps, backend %s on %s; up to %d probes of %d + %d runs",
              data.name, "-".join(map(str, (data.input_dim, *scfg.model.hidden, data.n_classes))), scfg.recipe.steps,

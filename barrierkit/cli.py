@@ -143,6 +143,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError("n_clean", f"must be an int >= 0, got {args.n_clean!r}")
     check_alpha(args.alpha)
     check_memory(config, args.n, "n")
+    check_memory(config, args.n_clean, "n_clean")
     summary_path = args.summary if args.summary is not None else os.path.splitext(args.out)[0] + ".json"
     outputs = check_outputs([("out", args.out), ("summary", summary_path)])
     device = resolve_device(args.device)
