@@ -12,7 +12,7 @@ import numpy as np
 from . import pac
 from .certificate import CERTIFIED_FIELDS, FORMAT, Certificate, clean_summary, threat_model, throughput, warnings_for
 from .backends import resolve, resolve_device
-from .config import CertifyConfig, SampleConfig
+from .config import CertifyConfig, ConfigError, SampleConfig
 from .context import radius_context
 from .data import Dataset, get_dataset
 from .engine import check_memory, clean_runs, sample, versions
@@ -30,6 +30,8 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
             progress: Optional[bool] = None) -> Certificate:
     """Search the largest certified poisoning budget and return the Certificate.
 
+    ``data``, when given, must be the dataset ``config.sample.dataset`` names (it is loaded by
+    that name either way, and verify loads it again to check the certificate's facts about it).
     The backend (``auto`` is resolved once, here) is part of the simulated dynamics: it is
     recorded in the certificate and witnesses must be replayed with it. ``device`` is ``auto``
     (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``. Progress goes to the ``barrierkit``
@@ -38,7 +40,11 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
     """
     start = time.perf_counter()
     device = resolve_device(device)
-    data = data if data is not None else get_dataset(config.sample.dataset)
+    named = get_dataset(config.sample.dataset)
+    if data is not None and data.content_hash != named.content_hash:
+        raise ConfigError("data", f"is not the dataset config.sample.dataset names ({config.sample.dataset!r}): "
+                                  "verify reloads the data by that name, so it could not check the certificate")
+    data = named
     scfg = config.sample
     for name, n in (("n_clean", config.n_clean), ("n_pool", config.n_pool), ("n_verify", config.n_train + config.n_verify)):
         check_memory(scfg, n, name)
@@ -56,7 +62,7 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
     for text in warnings:
         log.warning(text)
     top = max_budget(scfg.threat.norm, scfg.threat.domain, data.input_dim)
-    pool_delta = min(config.pool_delta if config.pool_delta is not None else top, top)
+    pool_delta = config.pool_budget(top)
     ctx = CertifyContext(config, data, rule, pool=[], backend=backend, device=str(device), progress=progress)
     tic = time.perf_counter()
     heavy = ctx.sample(pool_delta, PURPOSE_POOL, config.n_pool, f"unsafe pool δ={pool_delta:.3g}",

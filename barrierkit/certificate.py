@@ -30,6 +30,13 @@ OLD_FORMATS = ("barrierkit.certificate/1",)
 STATUSES = ("CERTIFIED", "REFUTED", "INCONCLUSIVE")
 CERTIFIED_FIELDS = ("eta_star", "eta_check", "n_support", "epsilon_a_posteriori", "tau")
 """Fields of the certified probe that the document repeats at its top level."""
+DOCUMENT_FIELDS = (
+    "format", "status", "reason", "config", "threat_model", "dataset", "data_hash", "input_dim", "n_classes",
+    "model_hash", "param_count", "test_size", "chance_hits", "g_clean", "clean_accuracy", "alpha", "beta",
+    "beta_per_probe", "epsilon", "epsilon_requested", "n_verify", "n_train", "d", "epsilon_direct", "pool", "probes",
+    "radii", "context", "warnings", "timings", "throughput", "versions", "backend", "device", "features_by",
+)
+"""Every top-level field of a document (plus CERTIFIED_FIELDS when a probe certified)."""
 
 
 class CertificateError(ValueError):
@@ -48,6 +55,22 @@ def digest(doc: Dict[str, Any]) -> str:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of the range of a float")
+    return value
+
+
+def _unique_keys(pairs: List[tuple]) -> Dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"the field{'s' if len(twice) > 1 else ''} {', '.join(map(repr, twice))} appear{'' if len(twice) > 1 else 's'} "
+                         "more than once (readers disagree on which one counts)")
+    return dict(pairs)
 
 
 @dataclass
@@ -95,13 +118,16 @@ class Certificate:
         name = os.fspath(path)
         try:
             with open(name, encoding="utf-8") as fh:
-                doc = json.load(fh, parse_constant=_reject_constant)
+                doc = json.load(fh, parse_constant=_reject_constant, parse_float=_finite_float,
+                                object_pairs_hook=_unique_keys)
         except UnicodeDecodeError:
             raise CertificateError(f"{name}: not a certificate (binary, not UTF-8 JSON text)") from None
         except json.JSONDecodeError as exc:
             raise CertificateError(f"{name}: not a certificate (invalid JSON: {exc})") from None
-        except ValueError as exc:  # NaN, Infinity
+        except ValueError as exc:  # NaN, Infinity, 1e999, a field given twice
             raise CertificateError(f"{name}: not a certificate ({exc})") from None
+        except RecursionError:
+            raise CertificateError(f"{name}: not a certificate (nested too deeply)") from None
         except OSError as exc:
             raise CertificateError(f"{name}: cannot read: {exc.strerror or exc}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("format"), str) or not doc["format"].startswith("barrierkit.certificate/"):
@@ -147,7 +173,3 @@ def near_chance_warning(rule: SafetyRule, chance_hits: int) -> str:
 def warnings_for(rule: SafetyRule, chance_hits: int) -> List[str]:
     """The warnings a certificate carries, from its clean reference."""
     return [near_chance_warning(rule, chance_hits)] if rule.near_chance(chance_hits) else []
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

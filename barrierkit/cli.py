@@ -109,7 +109,8 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="progress and diagnostics on stderr: info (default) logs one line per stage and probe")
     g.add_argument("--log-file", default=None, help="also append the log to this file")
-    g.add_argument("--quiet", action="store_true", help="no progress bars, and log warnings and errors only")
+    g.add_argument("--quiet", action="store_true",
+                   help="no progress bars, and only warnings and errors on stderr (--log-file keeps --log-level)")
 
 
 def config_from_args(args: argparse.Namespace) -> SampleConfig:
@@ -144,7 +145,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_alpha(args.alpha)
     check_memory(config, args.n, "n")
     check_memory(config, args.n_clean, "n_clean")
-    summary_path = args.summary if args.summary is not None else os.path.splitext(args.out)[0] + ".json"
+    summary_path = sample_summary_path(args)
     outputs = check_outputs([("out", args.out), ("summary", summary_path)])
     device = resolve_device(args.device)
     with OutputLocks(outputs):
@@ -180,6 +181,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"{summary['n_unsafe']} of {runs.n} ({summary['unsafe_fraction']:.1%})")
     say(f"wrote {args.out} and {summary_path}")
     return EXIT_OK
+
+
+def sample_summary_path(args: argparse.Namespace) -> str:
+    """``sample``'s JSON summary: --summary, else OUT with .json."""
+    return args.summary if args.summary is not None else os.path.splitext(args.out)[0] + ".json"
+
+
+def command_files(args: argparse.Namespace) -> List[tuple]:
+    """[(option, path)] of the files a command reads or writes, which --log-file must not be."""
+    if args.command == "sample":
+        return [("out", args.out), ("summary", sample_summary_path(args))]
+    if args.command == "certify":
+        return [("out", args.out)] if args.out else []
+    return [("certificate", args.certificate)]
 
 
 def certify_config_from_args(args: argparse.Namespace):
@@ -357,20 +372,47 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def setup_logging(args: argparse.Namespace) -> List[logging.Handler]:
-    """Handlers for the ``barrierkit`` logger: stderr, and ``--log-file`` when given."""
-    level = logging.WARNING if args.quiet else getattr(logging, args.log_level.upper())
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    handlers: List[logging.Handler] = [_TqdmHandler()]
-    if args.log_file is not None:
-        (_, path), = check_outputs([("log-file", args.log_file)])
+class _LogFile(logging.FileHandler):
+    """--log-file: a write that fails (a full disk) says so once, in one line, and the log goes on
+    on stderr only; it never ends the command or changes its exit status."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        self.failed = True
+        print(f"barrierkit: warning: log-file: cannot write {self.baseFilename}: "
+              f"{getattr(exc, 'strerror', None) or exc}; the log goes on on stderr only", file=sys.stderr)
+
+    def close(self) -> None:
         try:
-            handlers.append(logging.FileHandler(path, mode="a", encoding="utf-8"))
+            super().close()
+        except OSError:
+            self.failed = True
+
+
+def setup_logging(args: argparse.Namespace) -> List[logging.Handler]:
+    """Handlers for the ``barrierkit`` logger: stderr (``--quiet``: warnings and errors only), and
+    ``--log-file`` at ``--log-level`` when given."""
+    level = getattr(logging, args.log_level.upper())
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    terminal = _TqdmHandler()
+    terminal.setLevel(max(level, logging.WARNING) if args.quiet else level)
+    handlers: List[logging.Handler] = [terminal]
+    if args.log_file is not None:
+        (_, path), = check_outputs([("log-file", args.log_file)], keep_apart=[(o, p) for o, p in command_files(args) if p])
+        try:
+            handler = _LogFile(path, mode="a", encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"log-file: cannot open {args.log_file}: {exc.strerror}") from None
+        handler.setLevel(level)
+        handlers.append(handler)
     for h in handlers:
         h.setFormatter(fmt)
-        h.setLevel(level)
         log.addHandler(h)
     log.setLevel(level)
     log.propagate = False
@@ -383,7 +425,7 @@ def _describe_failure(exc: BaseException) -> tuple:
         return EXIT_CHECK_FAILED, str(exc)
     if isinstance(exc, DigestMismatch):
         return EXIT_CHECK_FAILED, str(exc)
-    if isinstance(exc, (ConfigError, CliError, OutputError, CertificateError, ValueError)):
+    if isinstance(exc, (ConfigError, CliError, OutputError, CertificateError)):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, FloatingPointError):
         return EXIT_NUMERICAL, f"numerical error: {exc}"
@@ -410,9 +452,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:  # every failure ends as one line and an exit status (see EXIT_CODES)
         code, message = _describe_failure(exc)
         log.debug("traceback:\n%s", traceback.format_exc())
-        for h in handlers:
-            if isinstance(h, logging.FileHandler) and code == EXIT_INTERNAL:
-                h.stream.write(traceback.format_exc())
+        if code == EXIT_INTERNAL:
+            for h in handlers:
+                if isinstance(h, _LogFile) and not h.failed:
+                    try:
+                        h.stream.write(traceback.format_exc())
+                    except (OSError, ValueError):
+                        pass
         print(f"barrierkit {args.command}: error: {message}", file=sys.stderr)
         return code
     finally:

@@ -258,7 +258,10 @@ class CertifyConfig:
         _check(_finite(self.beta) and 0.0 < self.beta < 1.0, "beta", f"must be in (0, 1), got {self.beta!r}")
         for name in ("n_verify", "n_train", "n_clean", "n_pool", "max_probes"):
             _check(_positive_int(getattr(self, name)), name, f"must be an int >= 1, got {getattr(self, name)!r}")
-        for name in ("delta_start", "rel_tol", "tau", "w_bound"):
+        _check(_finite(self.rel_tol) and 0.0 < self.rel_tol < 1.0, "rel_tol",
+               f"must be in (0, 1) (the bracket width, relative to its upper end, at which bisection stops), got {self.rel_tol!r}")
+        _check(self.sample.threat.rho > 0.0, "rho", "must be > 0 for a certificate: with rho = 0 no point is poisoned")
+        for name in ("delta_start", "tau", "w_bound"):
             _check(_finite(getattr(self, name)) and getattr(self, name) > 0, name, f"must be a finite number > 0, got {getattr(self, name)!r}")
         for name in ("pool_delta", "delta_hi"):
             v = getattr(self, name)
@@ -278,6 +281,11 @@ class CertifyConfig:
     def decision_variables(self) -> int:
         """d: w (m), gamma, c, eta, plus one epigraph variable when mu > 0."""
         return self.barrier.out_dim + 3 + (1 if self.mu > 0 else 0)
+
+    def pool_budget(self, budget_max: float) -> float:
+        """The heavy-poison pool's budget: ``pool_delta`` (default the largest admissible budget),
+        never above ``budget_max``."""
+        return min(self.pool_delta if self.pool_delta is not None else budget_max, budget_max)
 
     @property
     def beta_per_probe(self) -> float:

@@ -146,9 +146,6 @@ class SafetyRule:
         correct) would still count as safe: g_c - alpha <= chance, so the claim is vacuous."""
         return Fraction(self.clean_hits_x2, 2) - exact_alpha(self.alpha) * self.test_size <= chance_hits
 
-    def to_dict(self) -> dict:
-        return {"clean_hits_x2": self.clean_hits_x2, "test_size": self.test_size, "alpha": self.alpha}
-
 
 def chance_hits(y_test: np.ndarray) -> int:
     """Correct predictions of the majority-class predictor on the test set."""

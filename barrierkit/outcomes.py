@@ -7,7 +7,6 @@ from the stored hit counts and margins, so a document that contradicts itself is
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -16,6 +15,18 @@ from . import pac
 from .labels import SafetyRule
 
 SPLITS = ("verify", "train")  # the order a witness is looked for in
+PROBE_FIELDS = ("index", "delta", "beta", "n_train", "n_verify", "hits", "n_unsafe_train", "n_unsafe_verify",
+                "verify_accuracy_drop", "direct", "poison_fraction_mean", "witness", "verdict", "barrier", "epsilon", "d",
+                "status", "reason")
+"""Every field of a probe record."""
+SOLVED_FIELDS = ("epsilon_a_posteriori", "n_support", "eta_star", "eta_check", "tau", "pool_size", "psi_backend",
+                 "train_consistency")
+"""The further fields of a probe whose scenario program was solved."""
+VERDICT_FIELDS = ("solver", "solver_status", "fell_back", "w", "gamma", "c", "c_clamped", "n_rows_total", "n_rows_used",
+                  "cg_rounds", "solve_seconds", "rounding_bound", "objective", "pool_margin", "trajectory_margins",
+                  "support_indices")
+"""The scenario program's solution as a probe record keeps it."""
+BARRIER_FIELDS = ("train_loss", "train_violations", "out_dim", "trunk")
 
 
 def drop_summary(rule: SafetyRule, hits: Sequence[int]) -> Dict[str, float]:
@@ -133,8 +144,3 @@ def overall_status(probes: List[Dict[str, Any]]) -> Tuple[str, str, Optional[Dic
     first = min(probes, key=lambda p: p["delta"])
     status = "REFUTED" if first["status"] == "REFUTED" else "INCONCLUSIVE"
     return status, f"smallest probe δ={first['delta']:.4g}: {first['reason']}", None
-
-
-def finite_or_none(x: Optional[float]) -> Optional[float]:
-    """A float for JSON, None where it is missing or not finite."""
-    return None if x is None or not math.isfinite(float(x)) else float(x)

@@ -22,27 +22,36 @@ class OutputError(ValueError):
     """An output path cannot be used; the message names the option."""
 
 
-def check_outputs(outputs: Sequence[Tuple[str, str]]) -> List[Tuple[str, str]]:
-    """[(option, absolute path)] for [(option, path)]; OutputError before any work when a path
-    is empty, a folder, in a missing or unwritable folder, or the same file as another output."""
+def check_outputs(outputs: Sequence[Tuple[str, str]], keep_apart: Sequence[Tuple[str, str]] = ()) -> List[Tuple[str, str]]:
+    """[(option, real path)] for [(option, path)]; OutputError before any work when a path is
+    empty, a folder, an existing file that is not a regular file (a device, a FIFO), in a missing
+    or unwritable folder, or the same file as another output or as a file in ``keep_apart`` (the
+    command's inputs). A symbolic link is followed: its target is what gets replaced."""
     checked: List[Tuple[str, str]] = []
     for option, path in outputs:
         if path is None or not str(path).strip():
             raise OutputError(f"{option}: must be a file path, got {path!r}")
-        full = os.path.abspath(os.fspath(path))
-        if os.path.isdir(full):
+        text = os.fspath(path)
+        full = os.path.realpath(os.path.abspath(text))
+        if os.path.isdir(full) or text.endswith(os.sep):
             raise OutputError(f"{option}: {path} is a folder; give a file path")
+        if os.path.lexists(full) and not os.path.isfile(full):
+            raise OutputError(f"{option}: {path} exists and is not a regular file; give a file path")
         folder = os.path.dirname(full)
         if not os.path.isdir(folder):
             raise OutputError(f"{option}: folder {folder} does not exist")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(f"{option}: folder {folder} is not writable")
-        for other_option, other in checked:
-            if os.path.realpath(full) == os.path.realpath(other) or (
-                    os.path.exists(full) and os.path.exists(other) and os.path.samefile(full, other)):
-                raise OutputError(f"{option}: {path} is the same file as {other_option}; each output needs its own path")
+        for other_option, other in [*checked, *keep_apart]:
+            if _same_file(full, other):
+                raise OutputError(f"{option}: {path} is the same file as {other_option}; each file needs its own path")
         checked.append((option, full))
     return checked
+
+
+def _same_file(a: str, b: str) -> bool:
+    a, b = os.path.realpath(os.path.abspath(a)), os.path.realpath(os.path.abspath(b))
+    return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
 
 
 def lock_path(path: str) -> str:
@@ -98,9 +107,13 @@ class OutputLocks:
             except OSError:
                 same = False
             if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
                 self._held[lock] = fd
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                except OSError as exc:  # a full disk: fail now, naming the file, and leave no lock behind
+                    self.release()
+                    raise OSError(exc.errno, exc.strerror, lock) from None
                 return
             os.close(fd)
 

@@ -22,7 +22,7 @@ from .config import CertifyConfig, SampleConfig
 from .data import Dataset
 from .engine import sample, trajectory_seeds
 from .labels import SafetyRule
-from .outcomes import first_unsafe, label_fields, probe_status, training_split_consistency, witness_record
+from .outcomes import VERDICT_FIELDS, first_unsafe, label_fields, probe_status, training_split_consistency, witness_record
 from .scenario import ScenarioProblem, solve
 from .trajectories import Trajectories
 
@@ -147,9 +147,7 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
         status=status, reason=reason, epsilon=eps, epsilon_a_posteriori=eps_post, d=verdict.d,
         n_support=verdict.n_support, eta_star=vd["eta_star"], eta_check=vd["eta_check"], tau=cfg.tau,
         pool_size=int(len(pool)), psi_backend=psi_backend, train_consistency=consistency,
-        verdict={k: vd[k] for k in ("solver", "solver_status", "fell_back", "w", "gamma", "c", "c_clamped",
-                                     "n_rows_total", "n_rows_used", "cg_rounds", "solve_seconds", "rounding_bound",
-                                     "objective", "pool_margin", "trajectory_margins", "support_indices")},
+        verdict={k: vd[k] for k in VERDICT_FIELDS},
         barrier={"train_loss": barrier.train_loss, "train_violations": barrier.train_violations,
                  "out_dim": barrier.out_dim, "trunk": barrier.to_dict()},
     )

@@ -6,7 +6,8 @@ stored margins on them. This re-samples every run with the recorded backend and 
 runs, the unsafe pool, each probe's training and verification split, the same seeds the
 certification used), recomputes hit counts, labels and the pool each probe separated from,
 rebuilds the scenario rows from the stored barrier trunk, re-checks them at the stored solution
-(w, gamma, c) in float64, and stops at the first run or number that differs.
+(w, gamma, c) in float64, solves each scenario program again (its solution and support must be
+the stored ones), and stops at the first run or number that differs.
 
 Hit counts must be identical. Within one machine and backend the replay is bit-identical, so
 margins agree exactly; on another CPU kind float results may differ in their last bits (and
@@ -33,9 +34,11 @@ from .engine import clean_runs, versions
 from .labels import SafetyRule
 from .outcomes import probe_status
 from .probe import PURPOSE_POOL, CertifyContext, scenario_rows, split_purpose
-from .scenario import ScenarioProblem, recheck
+from .scenario import ScenarioProblem, recheck, solve
+from .trajectories import Trajectories
 from .verify import REL_TOL
 
+SOLUTION_TOL = 1e-6  # a re-solved (w, gamma, c, eta*) against the stored one: identical on one machine
 log = logging.getLogger("barrierkit")
 
 
@@ -54,8 +57,11 @@ class _Mismatch(Exception):
     pass
 
 
-def _same_hits(where: str, stored: Any, replayed: np.ndarray) -> None:
-    stored = np.asarray(stored, dtype=np.int64)
+def _same_hits(where: str, stored: Any, runs: Trajectories, test_size: int) -> None:
+    if runs.test_size != test_size:
+        raise _Mismatch(f"{where}: the replayed runs are evaluated on {runs.test_size} test points, the certificate "
+                        f"labels them as counts over {test_size}")
+    stored, replayed = np.asarray(stored, dtype=np.int64), runs.test_hits
     if stored.shape != replayed.shape:
         raise _Mismatch(f"{where}: {replayed.size} runs replayed, {stored.size} stored")
     off = np.flatnonzero(stored != replayed)
@@ -66,7 +72,7 @@ def _same_hits(where: str, stored: Any, replayed: np.ndarray) -> None:
 
 
 def _machine_note(doc: Dict[str, Any]) -> None:
-    then, now = doc["versions"], versions()
+    then, now = doc["versions"] if isinstance(doc["versions"], dict) else {}, versions()
     made = (then.get("cpu"), then.get("aten_cpu_capability"))
     here = (now["cpu"], now["aten_cpu_capability"])
     if made != here:
@@ -85,22 +91,22 @@ def replay_certificate(doc: Dict[str, Any], progress: Optional[bool] = None) -> 
 
 def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> ReplayResult:
     cfg = CertifyConfig.from_dict(doc["config"])
-    data = get_dataset(doc["dataset"])
-    if data.content_hash != doc["data_hash"]:
-        raise _Mismatch(f"dataset {doc['dataset']!r} here has content hash {data.content_hash[:12]}..., the certificate "
-                        f"was made on {doc['data_hash'][:12]}...")
+    data = get_dataset(cfg.sample.dataset)
+    if data.content_hash != doc["data_hash"] or data.name != doc["dataset"]:
+        raise _Mismatch(f"dataset {cfg.sample.dataset!r} here is {data.name} with content hash {data.content_hash}; the "
+                        f"certificate names {doc['dataset']} with {doc['data_hash']}")
     device = resolve_device(doc["device"])
     _machine_note(doc)
     rule = SafetyRule.from_clean_hits(doc["clean_accuracy"]["hits"], doc["test_size"], cfg.alpha)
     kw = dict(backend=doc["backend"], device=str(device), progress=progress)
     log.info("replay: %s runs with backend %s on %s", doc["throughput"]["trajectories"], doc["backend"], device)
     clean = clean_runs(cfg.sample, cfg.n_clean, cfg.seed, data=data, **kw)
-    _same_hits("clean runs", doc["clean_accuracy"]["hits"], clean.test_hits)
+    _same_hits("clean runs", doc["clean_accuracy"]["hits"], clean, rule.test_size)
     log.info("replay: %d clean runs agree [%.1f s]", clean.n, time.perf_counter() - start)
 
     ctx = CertifyContext(cfg, data, rule, pool=[], **kw)
     heavy = ctx.sample(doc["pool"]["delta"], PURPOSE_POOL, cfg.n_pool, "replay: unsafe pool", sample_config=pool_sample_config(cfg))
-    _same_hits("unsafe pool", doc["pool"]["hits"], heavy.test_hits)
+    _same_hits("unsafe pool", doc["pool"]["hits"], heavy, rule.test_size)
     heavy_unsafe = rule.unsafe(heavy.test_hits)
     if heavy_unsafe.any():
         ctx.pool.append((math.inf, heavy.features[heavy_unsafe, -1]))
@@ -112,11 +118,12 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
         runs = {split: ctx.sample(p["delta"], split_purpose(j, split), cfg.n_train if split == "train" else cfg.n_verify,
                                   f"replay: probe {j + 1} {split}") for split in ("train", "verify")}
         for split, r in runs.items():
-            _same_hits(f"{tag} {split} split", p["hits"][split], r.test_hits)
+            _same_hits(f"{tag} {split} split", p["hits"][split], r, rule.test_size)
         verify_runs = runs["verify"]
-        if float(verify_runs.poison_fraction.mean()) != p["poison_fraction_mean"]:
-            raise _Mismatch(f"{tag}: the verification runs poisoned a fraction {verify_runs.poison_fraction.mean()!r} "
-                            f"of the points, the certificate says {p['poison_fraction_mean']!r}")
+        fraction = float(verify_runs.poison_fraction.mean())
+        if fraction != p["poison_fraction_mean"]:
+            raise _Mismatch(f"{tag}: the verification runs poisoned a fraction {fraction!r} of the points, the "
+                            f"certificate says {p['poison_fraction_mean']!r}")
         u_train = rule.unsafe(runs["train"].test_hits)
         if u_train.any():
             ctx.pool.append((float(p["delta"]), runs["train"].features[u_train, -1]))
@@ -132,7 +139,8 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
     total = doc["throughput"]["trajectories"]
     summary = (f"all {total} runs re-run with backend {doc['backend']} on {device} end with the stored hit counts; "
                f"every scenario row re-checked at the stored solution (largest margin difference {worst:.3g}, "
-               f"allowance tau = {cfg.tau:g}) [{time.perf_counter() - start:.1f} s]")
+               f"allowance tau = {cfg.tau:g}) and every scenario program solved again to the stored solution "
+               f"[{time.perf_counter() - start:.1f} s]")
     return ReplayResult(True, None, summary, total, worst)
 
 
@@ -155,8 +163,9 @@ def _replay_margins(tag: str, p: Dict[str, Any], ctx: CertifyContext, verify_run
     if not np.all(diff <= cfg.tau):
         i = int(np.argmax(diff))
         what = "the pool margin" if i == len(diff) - 1 else f"the margin of verification run {i}"
-        raise _Mismatch(f"{tag}: {what} re-checks to {replayed[i]!r}, the certificate says {stored[i]!r} "
+        raise _Mismatch(f"{tag}: {what} re-checks to {float(replayed[i])!r}, the certificate says {float(stored[i])!r} "
                         f"(difference {diff[i]:.3g} > tau = {cfg.tau:g})")
+    _same_solution(tag, p, solve(problem, solver=cfg.solver, tau=cfg.tau, count_support=True))
     status, _ = probe_status(
         n_unsafe_verify=0, n_verify=cfg.n_verify, alpha=cfg.alpha, pool_rows=len(pool),
         solved={"solver_status": v["solver_status"], "eta_check": rc.eta_check, "rounding_bound": rc.rounding_bound,
@@ -166,3 +175,21 @@ def _replay_margins(tag: str, p: Dict[str, Any], ctx: CertifyContext, verify_run
         raise _Mismatch(f"{tag}: re-checked, eta_check = {rc.eta_check:.6g} makes the probe {status}, the certificate "
                         f"says {p['status']}")
     return float(diff.max())
+
+
+def _same_solution(tag: str, p: Dict[str, Any], verdict) -> None:
+    """The scenario program solved again must give the stored solution: status, (w, gamma, c),
+    eta* and the support (which the a-posteriori epsilon counts)."""
+    v = p["verdict"]
+    if verdict.solver_status != v["solver_status"] or verdict.solver != v["solver"]:
+        raise _Mismatch(f"{tag}: solved again, {verdict.solver} returns {verdict.solver_status!r}; the certificate says "
+                        f"{v['solver']} returned {v['solver_status']!r}")
+    pairs = [("eta_star", verdict.eta_star, p["eta_star"]), ("gamma", verdict.gamma, v["gamma"]), ("c", verdict.c, v["c"])]
+    pairs += [(f"w[{k}]", a, b) for k, (a, b) in enumerate(zip(verdict.w, v["w"]))]
+    for name, again, stored in pairs:
+        if not math.isclose(float(again), float(stored), rel_tol=SOLUTION_TOL, abs_tol=SOLUTION_TOL):
+            raise _Mismatch(f"{tag}: solved again, {name} = {float(again)!r}; the certificate says {float(stored)!r}")
+    support = sorted(int(i) for i in verdict.support_indices) if verdict.support_indices is not None else None
+    if support != (sorted(v["support_indices"]) if v["support_indices"] is not None else None):
+        raise _Mismatch(f"{tag}: solved again, the support scenarios are {support}; the certificate says "
+                        f"{v['support_indices']}")

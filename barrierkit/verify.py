@@ -1,16 +1,19 @@
 """Quick ``verify``: re-derive every field of a certificate that follows from its other fields.
 
 From the configuration, the stored hit counts of every run, the stored margins and the scenario
-program's solution, this recomputes: the restated configuration and threat model, the model's
-size and hash, g_c and the clean summary, the warnings, the unsafe pool, every label, count,
+program's solution, this recomputes: the restated configuration and threat model, the facts about
+the dataset (loaded by name: its hash, sizes and majority class), the model's size and hash, g_c
+and the clean summary, the warnings, the unsafe pool, every label, count,
 accuracy-drop summary and witness (its seeds included), d, every epsilon (a priori, a posteriori,
 direct), eta_check, the training-split check, every status and reason, the search path, the radii,
 the radius in context and the throughput, each with the same function that produced it
-(barrierkit.outcomes, barrierkit.radius, ...). A field that disagrees is a problem.
+(barrierkit.outcomes, barrierkit.radius, ...). A field that disagrees is a problem, and so is a
+field the document should not have.
 
-What this cannot check is whether the runs really ended with the stored hit counts and whether
-the stored barrier really has the stored margins on them: ``verify --replay`` (barrierkit.replay)
-re-runs the runs for that.
+What this cannot check is whether the runs really ended with the stored hit counts, whether the
+stored barrier really has the stored margins on them, whether the stored solution is the scenario
+program's and whether the data distance in the context is right: ``verify --replay``
+(barrierkit.replay) re-runs the runs, re-checks the rows and re-solves the programs for that.
 """
 from __future__ import annotations
 
@@ -20,18 +23,22 @@ from typing import Any, Dict, List, Optional
 from . import pac
 from .backends import BACKENDS
 from .barrier import Barrier
-from .certificate import CERTIFIED_FIELDS, STATUSES, clean_summary, threat_model, throughput, warnings_for
+from .certificate import CERTIFIED_FIELDS, DOCUMENT_FIELDS, STATUSES, clean_summary, threat_model, throughput, warnings_for
 from .config import CertifyConfig, ConfigError
 from .context import radius_ratio
+from .data import get_dataset
 from .engine import trajectory_seeds
-from .labels import SafetyRule, check_hits
+from .labels import SafetyRule, chance_hits, check_hits
 from .models import MLPShape
-from .outcomes import first_unsafe, label_fields, overall_status, pool_size, probe_status, training_split_consistency, witness_record
+from .outcomes import (BARRIER_FIELDS, PROBE_FIELDS, SOLVED_FIELDS, VERDICT_FIELDS, first_unsafe, label_fields, overall_status,
+                       pool_size, probe_status, training_split_consistency, witness_record)
 from .probe import split_purpose
 from .radius import max_budget, radii, search
 from .scenario import c_max
 
 REL_TOL = 1e-12  # floats re-derived by the same code agree exactly on one machine; this allows a libm's last bits
+W_BOX_TOL = 1e-6  # an interior-point solution may sit this far (relative) outside the box |w_k| <= W
+ETA_TOL = 1e-5  # the solver's eta against the float64 re-check of every row (solver accuracy, the tie-break)
 
 
 def _same(a: Any, b: Any, rel: float) -> bool:
@@ -71,18 +78,39 @@ def check_document(doc: Dict[str, Any]) -> List[str]:
     """Every inconsistency of a certificate document (empty when every derivable field holds)."""
     try:
         return _check_document(doc)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as exc:
         return [f"malformed document ({type(exc).__name__}: {exc})"]
+
+
+def _fields(where: str, record: Any, expected: Any) -> List[str]:
+    """The record must have exactly the expected fields: nothing a reader could mistake for a claim."""
+    if not isinstance(record, dict):
+        return [f"{where} is {type(record).__name__}, expected a record"]
+    extra, missing = sorted(set(record) - set(expected)), sorted(set(expected) - set(record))
+    return [f"{where} has fields {extra} it should not have and lacks {missing}"] if extra or missing else []
+
+
+def _check_dataset(doc: Dict[str, Any], cfg: CertifyConfig) -> List[str]:
+    """The facts the document states about its dataset, against the dataset itself."""
+    try:
+        data = get_dataset(cfg.sample.dataset)
+    except ConfigError as exc:
+        return [f"the dataset cannot be loaded to check the document's facts about it: {exc}"]
+    facts = {"dataset": data.name, "data_hash": data.content_hash, "input_dim": data.input_dim,
+             "n_classes": data.n_classes, "test_size": int(data.x_test.shape[0]), "chance_hits": chance_hits(data.y_test)}
+    return [d for key, value in facts.items() for d in differences(key, doc[key], value)]
 
 
 def _check_document(doc: Dict[str, Any]) -> List[str]:
     if doc.get("status") not in STATUSES:
         return [f"unknown status {doc.get('status')!r}"]
+    problems = _fields("the document", doc, DOCUMENT_FIELDS + (CERTIFIED_FIELDS if doc["status"] == "CERTIFIED" else ()))
     try:
         cfg = CertifyConfig.from_dict(doc["config"])
     except (ConfigError, TypeError) as exc:
-        return [f"config: {exc}"]
-    problems = differences("config", doc["config"], cfg.to_dict())
+        return problems + [f"config: {exc}"]
+    problems += differences("config", doc["config"], cfg.to_dict())
+    problems += _check_dataset(doc, cfg)
     restated = {"alpha": cfg.alpha, "beta": cfg.beta, "beta_per_probe": cfg.beta_per_probe, "epsilon_requested": cfg.epsilon,
                 "n_verify": cfg.n_verify, "n_train": cfg.n_train, "d": cfg.decision_variables,
                 "epsilon_direct": pac.epsilon(cfg.n_verify + cfg.n_train, 1, cfg.beta_per_probe),
@@ -91,6 +119,8 @@ def _check_document(doc: Dict[str, Any]) -> List[str]:
         problems += differences(key, doc[key], value)
     if doc["backend"] not in BACKENDS:
         problems.append(f"backend {doc['backend']!r} is not one of {BACKENDS}")
+    if not (isinstance(doc["versions"], dict) and all(isinstance(v, str) for v in doc["versions"].values())):
+        problems.append("versions is not a record of version strings")
     shape = MLPShape(int(doc["input_dim"]), tuple(cfg.sample.model.hidden), int(doc["n_classes"]))
     problems += differences("param_count", doc["param_count"], shape.param_count)
     problems += differences("model_hash", doc["model_hash"], shape.spec_hash)
@@ -101,15 +131,12 @@ def _check_document(doc: Dict[str, Any]) -> List[str]:
     rule = SafetyRule.from_clean_hits(clean_hits, doc["test_size"], cfg.alpha)
     problems += differences("clean_accuracy", doc["clean_accuracy"], clean_summary(rule, clean_hits))
     problems += differences("g_clean", doc["g_clean"], rule.g_clean)
-    if not math.ceil(rule.test_size / shape.n_classes) <= doc["chance_hits"] <= rule.test_size:
-        problems.append(f"chance_hits {doc['chance_hits']} is impossible for {rule.test_size} points in {shape.n_classes} classes")
     problems += differences("warnings", doc["warnings"], warnings_for(rule, doc["chance_hits"]))
 
     threat = cfg.sample.threat
     top = max_budget(threat.norm, threat.domain, shape.input_dim)
     pool_hits = check_hits(doc["pool"]["hits"], rule.test_size, "pool.hits")
-    pool_delta = min(cfg.pool_delta if cfg.pool_delta is not None else top, top)
-    problems += differences("pool", doc["pool"], {"delta": pool_delta, "rho": cfg.pool_rho, "n": cfg.n_pool,
+    problems += differences("pool", doc["pool"], {"delta": cfg.pool_budget(top), "rho": cfg.pool_rho, "n": cfg.n_pool,
                                                   "n_unsafe": int(rule.unsafe(pool_hits).sum()), "hits": pool_hits.tolist()})
 
     probes = doc["probes"]
@@ -179,7 +206,13 @@ def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule:
                  doc: Dict[str, Any]) -> List[str]:
     tag = f"probe {j + 1} (δ={p['delta']:g})"
     beta = cfg.beta_per_probe
-    problems = differences(f"{tag} beta", p["beta"], beta) + differences(f"{tag} d", p["d"], cfg.decision_variables)
+    solved = p.get("verdict") is not None
+    problems = _fields(tag, p, PROBE_FIELDS + (SOLVED_FIELDS if solved else ()))
+    if solved:
+        problems += _fields(f"{tag} verdict", p["verdict"], VERDICT_FIELDS) + _fields(f"{tag} barrier", p["barrier"], BARRIER_FIELDS)
+    elif p.get("barrier") is not None:
+        problems.append(f"{tag}: a barrier is recorded although no scenario program was solved")
+    problems += differences(f"{tag} beta", p["beta"], beta) + differences(f"{tag} d", p["d"], cfg.decision_variables)
     hits = {}
     for split, n in (("train", cfg.n_train), ("verify", cfg.n_verify)):
         hits[split] = check_hits(p["hits"][split], rule.test_size, f"{tag} hits.{split}")
@@ -212,7 +245,7 @@ def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule:
         problems += differences(f"{tag} tau", p["tau"], cfg.tau)
         eps = pac.epsilon(cfg.n_verify, cfg.decision_variables, beta)
         problems += differences(f"{tag} epsilon", p["epsilon"], eps)
-        problems += _check_verdict(tag, p, v, cfg)
+        problems += _check_verdict(tag, p, v, cfg, rows, n_unsafe_verify, doc["device"])
         consistency = training_split_consistency(n_unsafe_train, cfg.n_train, eps, beta)
         problems += differences(f"{tag} train_consistency", p["train_consistency"], consistency)
         margins = v["trajectory_margins"]
@@ -231,14 +264,34 @@ def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule:
     return problems
 
 
-def _check_verdict(tag: str, p: Dict[str, Any], v: Dict[str, Any], cfg: CertifyConfig) -> List[str]:
-    """The solution's shape against d, its support against the a-posteriori bound, C4 on c, and the
-    stored barrier against the configuration."""
+def _check_verdict(tag: str, p: Dict[str, Any], v: Dict[str, Any], cfg: CertifyConfig, pool_rows: int,
+                   n_unsafe_verify: int, device: str) -> List[str]:
+    """The solution's shape against d and the box on w, the solver against the configuration, the
+    row count, the objective, its support against the a-posteriori bound, C4 on c, and the stored
+    barrier against the configuration."""
     m = cfg.barrier.out_dim
     problems: List[str] = []
     if len(v["w"]) != m or p["d"] != len(v["w"]) + 3 + (1 if cfg.mu > 0 else 0):
         problems.append(f"{tag}: w has {len(v['w'])} entries, d = {p['d']}; the barrier has out_dim {m}, so d must be "
                         f"{m + 3 + (1 if cfg.mu > 0 else 0)}")
+    w = v["w"]
+    optimal = v["solver_status"] == "optimal"
+    boxed = all(isinstance(x, (int, float)) and abs(x) <= cfg.w_bound * (1 + W_BOX_TOL) for x in w)
+    if optimal and not boxed:
+        problems.append(f"{tag}: w is not a vector of numbers within the box |w_k| <= {cfg.w_bound:g}")
+    solvers = {cfg.solver} if not v["fell_back"] else ({"CLARABEL"} if cfg.solver == "OSQP" else set())
+    if v["solver"] not in solvers:
+        problems.append(f"{tag}: solver {v['solver']!r} (fell_back {v['fell_back']}) does not follow from the "
+                        f"configured solver {cfg.solver!r}")
+    K = cfg.sample.recipe.intervals
+    problems += differences(f"{tag} verdict.n_rows_total", v["n_rows_total"], cfg.n_verify * (K + 1) + n_unsafe_verify + pool_rows)
+    problems += differences(f"{tag} psi_backend", p["psi_backend"], "triton" if device.startswith("cuda") else "numpy")
+    if optimal and boxed:
+        w0 = p["barrier"]["trunk"]["w0"]
+        objective = p["eta_star"] + 0.5 * cfg.mu * sum((a - b) ** 2 for a, b in zip(w, w0))
+        problems += differences(f"{tag} verdict.objective", v["objective"], objective, rel=1e-9)
+        if not abs(p["eta_star"] - p["eta_check"]) <= ETA_TOL * max(1.0, abs(p["eta_check"])):
+            problems.append(f"{tag}: eta_star {p['eta_star']!r} is not the solved program's eta (eta_check {p['eta_check']!r})")
     if len(v["trajectory_margins"]) != cfg.n_verify:
         problems.append(f"{tag}: {len(v['trajectory_margins'])} trajectory margins for {cfg.n_verify} verification runs")
     support = v["support_indices"]

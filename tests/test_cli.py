@@ -252,3 +252,86 @@ def test_version_and_help_explain(capsys):
         text = " ".join(capsys.readouterr().out.split())
         for needle in needles:
             assert needle in text, (command, needle)
+
+
+# ------------------------------------------------------------------ paths a user can get wrong
+
+
+def test_the_log_file_cannot_be_an_output_or_the_certificate_read(tmp_path, capsys, monkeypatch, cli_certificate):
+    no_work(monkeypatch)
+    prev = tmp_path / "prev.json"
+    prev.write_bytes(b"previous certificate")
+    assert main([*TINY_CERTIFY, "--out", str(prev), "--log-file", str(prev)]) == 2
+    one_line_error(capsys, "log-file", "same file as out")
+    assert prev.read_bytes() == b"previous certificate"
+    before = cli_certificate.read_bytes()
+    assert main(["verify", str(cli_certificate), "--log-file", str(cli_certificate)]) == 2
+    one_line_error(capsys, "same file as certificate")
+    assert cli_certificate.read_bytes() == before
+    assert main([*TINY_SAMPLE, "--out", str(tmp_path / "t.npz"), "--log-file", str(tmp_path / "t.json")]) == 2
+    one_line_error(capsys, "same file as summary")
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, capsys, monkeypatch):
+    no_work(monkeypatch)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main([*TINY_CERTIFY, "--out", str(fifo)]) == 2
+    one_line_error(capsys, "not a regular file")
+    assert main([*TINY_CERTIFY, "--out", str(tmp_path / "results") + os.sep]) == 2
+    one_line_error(capsys, "is a folder")
+    assert not (tmp_path / "results").exists()
+
+
+def test_an_output_through_a_symlink_replaces_its_target(tmp_path, capsys):
+    target = tmp_path / "real.npz"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.npz"
+    link.symlink_to(target)
+    assert main([*TINY_SAMPLE, "--out", str(link), "--summary", str(tmp_path / "s.json")]) == 0
+    assert link.is_symlink() and target.read_bytes() != b"old"
+
+
+def test_a_log_file_that_stops_accepting_writes_is_one_warning_not_a_failure(tmp_path, capsys, monkeypatch):
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(cli._LogFile, "_open", lambda self: Full())
+    assert main([*TINY_CERTIFY, "--quiet", "--out", str(tmp_path / "c.json"), "--log-file", str(tmp_path / "run.log")]) in (0, 3, 4)
+    assert (tmp_path / "c.json").exists()
+    err = capsys.readouterr().err
+    assert err.count("cannot write") == 1 and "No space left" in err and "Traceback" not in err and "Logging error" not in err
+
+
+def test_a_lock_that_cannot_be_written_names_its_file_and_leaves_nothing(tmp_path, monkeypatch):
+    real = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    out = str(tmp_path / "c.json")
+    with pytest.raises(OSError) as exc:
+        OutputLocks([("out", out)]).__enter__()
+    monkeypatch.setattr(os, "write", real)
+    assert exc.value.filename == lock_path(out) and not os.path.exists(lock_path(out))
+
+
+@pytest.mark.parametrize("extra,field", [(["--rel-tol", "5"], "rel_tol"), (["--rho", "0"], "rho")])
+def test_certify_refuses_settings_that_make_no_certificate(capsys, monkeypatch, extra, field):
+    no_work(monkeypatch)
+    assert main([*TINY_CERTIFY, *extra]) == 2
+    one_line_error(capsys, field)
+
+
+def test_quiet_keeps_the_log_file_at_its_level(tmp_path, capsys):
+    log = tmp_path / "run.log"
+    main([*TINY_CERTIFY, "--quiet", "--log-file", str(log)])
+    assert "probe 1" not in capsys.readouterr().err and "probe 1 of at most 2" in log.read_text()

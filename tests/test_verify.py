@@ -197,7 +197,65 @@ def change_reason(doc):
     doc["reason"] = "trust me"
 
 
+def forge_test_size(doc):
+    """Counts read against a made-up test-set size: g_c and every drop change (quick verify loads
+    the dataset and sees 360 points)."""
+    doc["test_size"] = 400
+    doc["g_clean"] = doc["clean_accuracy"]["median_hits"] / 400
+
+
+def forge_chance_hits(doc):
+    doc["chance_hits"] = 36 if doc["chance_hits"] != 36 else 37
+
+
+def forge_input_dim_consistently(doc):
+    from barrierkit.models import MLPShape
+
+    doc["input_dim"] = 65
+    shape = MLPShape(65, tuple(doc["config"]["sample"]["model"]["hidden"]), doc["n_classes"])
+    doc["param_count"], doc["model_hash"], doc["context"]["input_dim"] = shape.param_count, shape.spec_hash, 65
+
+
+def config_names_another_dataset(doc):
+    doc["config"]["sample"]["dataset"] = "synthetic"
+
+
+def add_a_claim(doc):
+    doc["delta_certified"] = 0.9
+
+
+def consistency_on_a_refuted_probe(doc):
+    first(doc, "REFUTED")["train_consistency"] = {"n_unsafe": 1, "n": 80, "beta": 0.01, "rate_lower_bound": 0.5,
+                                                  "contradicts": True}
+
+
+def forge_eta_star(doc):
+    p = certified(doc)
+    p["eta_star"] = doc["eta_star"] = -5.0
+
+
+def huge_w(doc):
+    certified(doc)["verdict"]["w"][0] = 1e300
+
+
+def highs_fell_back(doc):
+    v = certified(doc)["verdict"]
+    v["solver"], v["fell_back"] = "HIGHS", True
+
+
+def forge_row_count(doc):
+    certified(doc)["verdict"]["n_rows_total"] += 1
+
+
+def forge_psi_backend(doc):
+    certified(doc)["psi_backend"] = "triton"
+
+
 FORGERIES = [
+    (forge_test_size, "test_size"), (forge_chance_hits, "chance_hits"), (forge_input_dim_consistently, "input_dim"),
+    (config_names_another_dataset, "data_hash"), (add_a_claim, "should not have"),
+    (consistency_on_a_refuted_probe, "should not have"), (forge_eta_star, "eta_star"), (huge_w, "box"),
+    (highs_fell_back, "solver"), (forge_row_count, "n_rows_total"), (forge_psi_backend, "psi_backend"),
     (promote_refuted, "n_unsafe_verify"), (tighten_alpha, "n_unsafe"), (change_d_keep_w, "d is"),
     (change_out_dim, "w has"), (forge_a_posteriori, "epsilon_a_posteriori"), (inflate_context, "context"),
     (inflate_context_radius, "context.radius"), (change_g_clean_once, "g_clean"), (change_rho_in_config_only, "threat_model"),
@@ -239,6 +297,9 @@ def test_an_edit_without_a_new_digest_is_a_digest_mismatch(cli_certificate, tmp_
     (b'{"format": "barrierkit.certificate/1", "status": "CERTIFIED"}', "before safety labels were exact"),
     (b'{"format": "something/else"}', "not a barrierkit certificate"),
     (b'{"format": "barrierkit.certificate/99"}', "another barrierkit version"),
+    (b'{"format": "barrierkit.certificate/2", "epsilon": 1e999}', "out of the range"),
+    (b'{"format": "barrierkit.certificate/2", "epsilon": 0.0001, "epsilon": 0.5}', "more than once"),
+    (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
 ])
 @pytest.mark.parametrize("command", ["verify", "report"])
 def test_unreadable_files_are_one_line_naming_the_file(tmp_path, capsys, content, needle, command):
@@ -257,10 +318,15 @@ def test_missing_file_and_folder_are_bad_input(tmp_path, capsys, command):
     assert str(tmp_path) in capsys.readouterr().err
 
 
-def test_a_malformed_document_is_a_failed_check_not_a_crash(cli_certificate, tmp_path, capsys):
-    path = forged(cli_certificate, tmp_path, lambda d: d.pop("probes"))
+@pytest.mark.parametrize("edit", [lambda d: d.pop("probes"), lambda d: d.__setitem__("n_classes", 0),
+                                  lambda d: d.__setitem__("test_size", 10 ** 400), lambda d: d.__setitem__("versions", None),
+                                  lambda d: d["probes"][0].__setitem__("delta", 10 ** 400),
+                                  lambda d: d["probes"][0]["verdict"].__setitem__("w", [10 ** 400] * 8)])
+def test_a_malformed_document_is_a_failed_check_not_a_crash(cli_certificate, tmp_path, capsys, edit):
+    path = forged(cli_certificate, tmp_path, edit)
     assert main(["report", str(path)]) == 6
-    assert "malformed document" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "internal error" not in err
 
 
 # ---------------------------------------------------------------------------------------- replay
@@ -274,6 +340,14 @@ def consistent_hits_forgery(doc):
     i = int(np.argmin(p["hits"]["verify"]))
     p["hits"]["verify"][i] += 1
     p.update(label_fields(rule, {s: np.array(h) for s, h in p["hits"].items()}, p["beta"], doc["epsilon_requested"]))
+
+
+def consistent_support_forgery(doc):
+    """No support scenarios, so a smaller a-posteriori epsilon: only solving again shows it."""
+    p = certified(doc)
+    p["verdict"]["support_indices"] = []
+    p["n_support"] = doc["n_support"] = 0
+    p["epsilon_a_posteriori"] = doc["epsilon_a_posteriori"] = pac.epsilon_a_posteriori(p["n_verify"], 0, p["beta"], p["d"])
 
 
 def consistent_margin_forgery(doc):
@@ -293,6 +367,7 @@ def test_verify_replay_reproduces_the_certificate(cli_certificate, capsys):
 @pytest.mark.parametrize("edit,needle", [
     (consistent_hits_forgery, "verify split: run"),
     (consistent_margin_forgery, "the margin of verification run"),
+    (consistent_support_forgery, "support scenarios"),
 ])
 def test_verify_replay_catches_what_quick_verify_cannot(cli_certificate, tmp_path, capsys, edit, needle):
     path = forged(cli_certificate, tmp_path, edit)
