@@ -16,7 +16,6 @@ from barrierkit.cli import main
 from barrierkit.labels import SafetyRule
 from barrierkit.outcomes import label_fields
 
-pytestmark = pytest.mark.portability  # also run under ATEN_CPU_CAPABILITY=default and avx2 (tests/test_portability.py)
 
 
 def forged(cli_certificate, tmp_path, edit, name="forged.json"):
@@ -36,6 +35,7 @@ def certified(doc):
     return max((p for p in doc["probes"] if p["status"] == "CERTIFIED"), key=lambda p: p["delta"])
 
 
+@pytest.mark.portability  # the end-to-end certificate verifies under every CPU capability (tests/test_portability.py)
 def test_the_fixture_has_what_the_forgeries_need(cli_certificate):
     doc = Certificate.load(cli_certificate).doc
     assert doc["status"] == "CERTIFIED" and first(doc, "REFUTED")["witness"] is not None
@@ -357,6 +357,7 @@ def consistent_margin_forgery(doc):
     v["trajectory_margins"][i] -= 0.01
 
 
+@pytest.mark.portability
 def test_verify_replay_reproduces_the_certificate(cli_certificate, capsys):
     assert main(["verify", "--replay", str(cli_certificate)]) == 0
     out = capsys.readouterr()
