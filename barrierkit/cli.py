@@ -18,7 +18,8 @@ import numpy as np
 
 from . import __version__
 from .certificate import CertificateError, DigestMismatch
-from .config import ATTACK_DESCRIPTIONS, ConfigError, FeatureSpec, ModelSpec, SampleConfig, SamplingAttack, ThreatModel, TrainRecipe
+from .config import (ATTACK_DESCRIPTIONS, CertifyConfig, ConfigError, FeatureSpec, ModelSpec, SampleConfig, SamplingAttack,
+                     ThreatModel, TrainRecipe)
 from .outputs import OutputError, OutputLocks, check_outputs
 
 log = logging.getLogger("barrierkit")
@@ -197,18 +198,13 @@ def command_files(args: argparse.Namespace) -> List[tuple]:
     return [("certificate", args.certificate)]
 
 
-def certify_config_from_args(args: argparse.Namespace):
-    from .config import CertifyConfig
-
+def certify_config_from_args(args: argparse.Namespace) -> CertifyConfig:
     return CertifyConfig(
         sample=config_from_args(args), alpha=args.alpha, epsilon=args.epsilon, beta=args.beta, n_verify=args.n_verify,
         n_train=args.n_train, n_clean=args.n_clean, n_pool=args.n_pool, max_probes=args.max_probes,
-        delta_start=args.delta_start if args.delta_start is not None else DELTA_START, delta_hi=args.delta_hi,
+        delta_start=args.delta_start if args.delta_start is not None else CertifyConfig.delta_start, delta_hi=args.delta_hi,
         rel_tol=args.rel_tol, solver=args.solver.upper(), seed=args.seed,
     )
-
-
-DELTA_START = 0.05
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
@@ -321,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-pool", type=int, default=200, help="heavily poisoned runs for the unsafe pool (default: 200)")
     g.add_argument("--max-probes", type=int, default=8, help="K_max, probes in the search (beta is split over them) (default: 8)")
     g.add_argument("--delta-start", type=float, default=None,
-                   help=f"first probe when bracketing by doubling (default: {DELTA_START}; not used with --delta-hi)")
+                   help="first probe when bracketing by doubling (default: "
+                        f"{CertifyConfig.delta_start}; not used with --delta-hi)")
     g.add_argument("--delta-hi", type=float, default=None,
                    help="upper end of the search: probed first, then bisected below (default: bracket by doubling)")
     g.add_argument("--rel-tol", type=float, default=0.05, help="stop bisecting at this relative bracket width (default: 0.05)")
@@ -465,6 +462,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for h in handlers:
             log.removeHandler(h)
             h.close()
+
 
 if __name__ == "__main__":
     sys.exit(main())
