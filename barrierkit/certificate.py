@@ -9,7 +9,7 @@ Cullen et al. warn in "Position: Certified Robustness Does Not (Yet) Imply Model
 
 The sha256 digest is a checksum, not a signature: it catches corruption and careless edits, not
 a forger, who can recompute it. ``verify`` (barrierkit.verify) re-derives every field that
-follows from other fields; ``verify --replay`` (barrierkit.replay) re-runs the runs themselves.
+follows from other fields; ``verify --replay`` (barrierkit.rerun) re-runs the runs themselves.
 """
 from __future__ import annotations
 

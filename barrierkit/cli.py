@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 import traceback
 from typing import List, Optional
 
@@ -20,7 +21,7 @@ from . import __version__
 from .certificate import CertificateError, DigestMismatch
 from .config import (ATTACK_DESCRIPTIONS, CertifyConfig, ConfigError, FeatureSpec, ModelSpec, SampleConfig, SamplingAttack,
                      ThreatModel, TrainRecipe)
-from .outputs import OutputError, OutputLocks, check_outputs
+from .outputs import OutputError, OutputLocks, check_log_file, check_outputs
 
 log = logging.getLogger("barrierkit")
 
@@ -255,7 +256,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     say(f"{args.certificate}: OK: {cert.status}; every derivable field of the document re-derived "
         f"({len(cert.doc['probes'])} probes: labels, counts, witnesses, epsilons, eta_check, statuses, search path, radii)")
     if args.replay:
-        from .replay import replay_certificate
+        from .rerun import replay_certificate
 
         result = replay_certificate(cert.doc, progress=_progress(args))
         if not result.ok:
@@ -277,15 +278,16 @@ def _quantiles(x: np.ndarray) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="barrierkit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
-        description="Certify how much data poisoning a training recipe can take, with barrier certificates. "
-                    "A certificate is relative to its sampling attack: it covers only the perturbations that attack "
-                    "draws (see 'barrierkit certify --help').",
+        description=textwrap.fill("Certify how much data poisoning a training recipe can take, with barrier "
+                                  "certificates. A certificate is relative to its sampling attack: it covers only "
+                                  "the perturbations that attack draws (see 'barrierkit certify --help').", width=79),
     )
     parser.add_argument("--version", action="version", version=f"barrierkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, **kw) -> argparse.ArgumentParser:
-        return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES, **kw)
+    def command(name: str, description: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
+                              description=textwrap.fill(description, width=79), **kw)
 
     p = command("sample", help="sample N (poisoned) training runs and record their trajectories",
                 description="Run N training runs poisoned at budget --delta and record their features "
@@ -333,14 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("verify", help="re-derive a saved certificate; --replay re-runs its runs",
                 description="Check a certificate. Always: its digest (a checksum, not a signature) and every "
-                            "field that follows from other fields of the document (labels, counts and "
-                            "witnesses from the stored hit counts, every epsilon, eta_check from the stored "
-                            "margins, statuses, the search path, radii, context). With --replay: re-run every "
-                            "run from its seeds with the recorded backend (clean runs, pool, each probe's "
-                            "training and verification split) and recompute the hit counts, labels, "
-                            "witnesses, scenario rows and eta_check from the stored barrier and solution; "
-                            "this takes about as long as the certification's sampling. Reports the first "
-                            "mismatch.")
+                            "field that follows from other fields of the document or from its dataset (labels, "
+                            "counts and witnesses from the stored hit counts, every epsilon, eta_check from the "
+                            "stored margins, statuses, the search path, radii, context); a field it should not "
+                            "have is refused too. With --replay: re-run every run from its seeds with the recorded "
+                            "backend (clean runs, pool, each probe's training and verification split), recompute "
+                            "the hit counts and labels, fit each barrier again on its training split, re-check "
+                            "the scenario rows at the stored solution and solve each program again; this takes "
+                            "about as long as the certification's sampling. Reports the first mismatch.")
     p.add_argument("certificate", help="certificate JSON written by barrierkit certify --out")
     p.add_argument("--replay", action="store_true", help="also re-run every run of the certificate (slow; see above)")
     add_common_options(p)
@@ -401,8 +403,9 @@ def setup_logging(args: argparse.Namespace) -> List[logging.Handler]:
     terminal.setLevel(max(level, logging.WARNING) if args.quiet else level)
     handlers: List[logging.Handler] = [terminal]
     if args.log_file is not None:
-        (_, path), = check_outputs([("log-file", args.log_file)], keep_apart=[(o, p) for o, p in command_files(args) if p])
+        path = check_log_file(args.log_file, [(o, p) for o, p in command_files(args) if p])
         try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))  # owner-only, like the outputs
             handler = _LogFile(path, mode="a", encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"log-file: cannot open {args.log_file}: {exc.strerror}") from None

@@ -82,6 +82,8 @@ class SamplingAttack:
     def __post_init__(self) -> None:
         _check(self.kind in ATTACKS, "attack", f"must be one of {ATTACKS}, got {self.kind!r}")
         _check(_finite(self.sign_noise) and 0.0 <= self.sign_noise <= 1.0, "sign_noise", f"must be in [0, 1], got {self.sign_noise!r}")
+        _check(self.sign_noise == 0.0 or self.kind == "gradient", "sign_noise",
+               f"applies to the gradient attack only (attack is {self.kind!r}); leave it at 0")
         _check(isinstance(self.reference_seed, int) and 0 <= self.reference_seed < 2**63, "reference_seed", "must be an int in [0, 2**63)")
 
 

@@ -49,6 +49,27 @@ def check_outputs(outputs: Sequence[Tuple[str, str]], keep_apart: Sequence[Tuple
     return checked
 
 
+def check_log_file(path: str, keep_apart: Sequence[Tuple[str, str]]) -> str:
+    """The real path of a log file to append to; OutputError when it is empty, a folder, not
+    writable, or one of the command's files or their lock files. Unlike an output it may be a
+    device or a FIFO (``/dev/null``, ``/dev/stderr``): it is appended to, never replaced."""
+    if path is None or not str(path).strip():
+        raise OutputError(f"log-file: must be a file path, got {path!r}")
+    full = os.path.realpath(os.path.abspath(os.fspath(path)))
+    if os.path.isdir(full) or os.fspath(path).endswith(os.sep):
+        raise OutputError(f"log-file: {path} is a folder; give a file path")
+    if os.path.exists(full):
+        if not os.access(full, os.W_OK):
+            raise OutputError(f"log-file: {path} is not writable")
+    elif not os.path.isdir(os.path.dirname(full)) or not os.access(os.path.dirname(full), os.W_OK | os.X_OK):
+        raise OutputError(f"log-file: folder {os.path.dirname(full)} does not exist or is not writable")
+    for option, other in keep_apart:
+        for name, candidate in ((option, other), (f"{option}'s lock file", lock_path(other))):
+            if _same_file(full, candidate):
+                raise OutputError(f"log-file: {path} is the same file as {name}; each file needs its own path")
+    return full
+
+
 def _same_file(a: str, b: str) -> bool:
     a, b = os.path.realpath(os.path.abspath(a)), os.path.realpath(os.path.abspath(b))
     return a == b or (os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))

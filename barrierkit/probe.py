@@ -26,6 +26,8 @@ from .outcomes import VERDICT_FIELDS, first_unsafe, label_fields, probe_status, 
 from .scenario import ScenarioProblem, solve
 from .trajectories import Trajectories
 
+TIMING_FIELDS = ("sampling_s", "sampling_train_s", "sampling_features_s", "sampling_eval_s", "barrier_s", "scp_s")
+"""Where a certification's time goes after the clean runs (a certificate's ``timings`` adds total_s, clean_s)."""
 PURPOSE_POOL = 3
 PURPOSE_PROBE_BASE = 100  # probe j: training split 100 + 2j, verification split 101 + 2j
 
@@ -41,7 +43,7 @@ class CertifyContext:
     backend: str = "torch"
     device: str = "cpu"
     progress: Optional[bool] = None
-    timings: Dict[str, float] = field(default_factory=lambda: {"sampling_s": 0.0, "barrier_s": 0.0, "scp_s": 0.0})
+    timings: Dict[str, float] = field(default_factory=lambda: {key: 0.0 for key in TIMING_FIELDS})
     trajectories_sampled: int = 0
 
     def sample(self, delta: float, purpose: int, n: int, description: str,
@@ -51,8 +53,7 @@ class CertifyContext:
                       backend=self.backend, device=self.device, progress=self.progress, description=description)
         self.timings["sampling_s"] += time.perf_counter() - tic
         for part in ("train_s", "features_s", "eval_s"):  # where sampling's time went (certify --profile)
-            key = f"sampling_{part}"
-            self.timings[key] = self.timings.get(key, 0.0) + float(runs.meta["timings"][part])
+            self.timings[f"sampling_{part}"] += float(runs.meta["timings"][part])
         self.trajectories_sampled += n
         return runs
 
@@ -148,7 +149,13 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
         n_support=verdict.n_support, eta_star=vd["eta_star"], eta_check=vd["eta_check"], tau=cfg.tau,
         pool_size=int(len(pool)), psi_backend=psi_backend, train_consistency=consistency,
         verdict={k: vd[k] for k in VERDICT_FIELDS},
-        barrier={"train_loss": barrier.train_loss, "train_violations": barrier.train_violations,
-                 "out_dim": barrier.out_dim, "trunk": barrier.to_dict()},
+        barrier=barrier_record(barrier),
     )
     return record
+
+
+def barrier_record(barrier: Barrier) -> Dict[str, Any]:
+    """A probe's record of its fitted barrier: the trunk (everything verify needs) and, for a
+    reader, its training loss and violations (repeated from the trunk)."""
+    return {"train_loss": barrier.train_loss, "train_violations": barrier.train_violations,
+            "out_dim": barrier.out_dim, "trunk": barrier.to_dict()}

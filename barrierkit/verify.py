@@ -13,26 +13,29 @@ field the document should not have.
 What this cannot check is whether the runs really ended with the stored hit counts, whether the
 stored barrier really has the stored margins on them, whether the stored solution is the scenario
 program's and whether the data distance in the context is right: ``verify --replay``
-(barrierkit.replay) re-runs the runs, re-checks the rows and re-solves the programs for that.
+(barrierkit.rerun) re-runs the runs, re-checks the rows and re-solves the programs for that.
 """
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Dict, List, Optional
 
 from . import pac
 from .backends import BACKENDS
+from .backends.triton_gpu import NAME as TRITON_FEATURES
+from .features import FeatureMap
 from .barrier import Barrier
 from .certificate import CERTIFIED_FIELDS, DOCUMENT_FIELDS, STATUSES, clean_summary, threat_model, throughput, warnings_for
 from .config import CertifyConfig, ConfigError
 from .context import radius_ratio
 from .data import get_dataset
-from .engine import trajectory_seeds
+from .engine import trajectory_seeds, versions
 from .labels import SafetyRule, chance_hits, check_hits
 from .models import MLPShape
 from .outcomes import (BARRIER_FIELDS, PROBE_FIELDS, SOLVED_FIELDS, VERDICT_FIELDS, first_unsafe, label_fields, overall_status,
                        pool_size, probe_status, training_split_consistency, witness_record)
-from .probe import split_purpose
+from .probe import TIMING_FIELDS, barrier_record, split_purpose
 from .radius import max_budget, radii, search
 from .scenario import c_max
 
@@ -41,13 +44,15 @@ W_BOX_TOL = 1e-6  # an interior-point solution may sit this far (relative) outsi
 ETA_TOL = 1e-5  # the solver's eta against the float64 re-check of every row (solver accuracy, the tie-break)
 
 
-def _same(a: Any, b: Any, rel: float) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None or isinstance(a, str) or isinstance(b, str):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        if isinstance(a, int) and isinstance(b, int):
-            return a == b
-        return math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=rel, abs_tol=0.0) or a == b
+def _same(stored: Any, expected: Any, rel: float) -> bool:
+    """Equal, with floats within ``rel``; a count, index or seed (an int) must be stored as an int."""
+    if isinstance(stored, (bool, str)) or isinstance(expected, (bool, str)) or stored is None or expected is None:
+        return type(stored) is type(expected) and stored == expected
+    if isinstance(expected, int):
+        return type(stored) is int and stored == expected
+    if isinstance(stored, (int, float)) and isinstance(expected, float):
+        return stored == expected or (math.isfinite(stored) and math.isfinite(expected)
+                                      and math.isclose(stored, expected, rel_tol=rel, abs_tol=0.0))
     return False
 
 
@@ -117,10 +122,7 @@ def _check_document(doc: Dict[str, Any]) -> List[str]:
                 "threat_model": threat_model(doc["config"])}
     for key, value in restated.items():
         problems += differences(key, doc[key], value)
-    if doc["backend"] not in BACKENDS:
-        problems.append(f"backend {doc['backend']!r} is not one of {BACKENDS}")
-    if not (isinstance(doc["versions"], dict) and all(isinstance(v, str) for v in doc["versions"].values())):
-        problems.append("versions is not a record of version strings")
+    problems += _check_provenance(doc)
     shape = MLPShape(int(doc["input_dim"]), tuple(cfg.sample.model.hidden), int(doc["n_classes"]))
     problems += differences("param_count", doc["param_count"], shape.param_count)
     problems += differences("model_hash", doc["model_hash"], shape.spec_hash)
@@ -163,6 +165,29 @@ def _check_document(doc: Dict[str, Any]) -> List[str]:
     runs = cfg.n_clean + cfg.n_pool + sum(p["n_train"] + p["n_verify"] for p in probes)
     problems += differences("throughput", doc["throughput"],
                             throughput(runs, cfg.sample.recipe.steps, doc["timings"]["total_s"], len(probes)), rel=1e-9)
+    return problems
+
+
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+FEATURE_MAPS = (FeatureMap.name, TRITON_FEATURES)
+
+
+def _check_provenance(doc: Dict[str, Any]) -> List[str]:
+    """What the document says about where it was made: fields it may not have, and values that
+    cannot be (the values themselves are provenance: nothing else in the document implies them)."""
+    problems = _fields("versions", doc["versions"], versions())
+    if not all(isinstance(v, str) for v in doc["versions"].values()):
+        problems.append("versions is not a record of version strings")
+    if doc["backend"] not in BACKENDS:
+        problems.append(f"backend {doc['backend']!r} is not one of {BACKENDS}")
+    if not (isinstance(doc["device"], str) and DEVICE.fullmatch(doc["device"])):
+        problems.append(f"device {doc['device']!r} is not cpu, cuda or cuda:N")
+    if doc["features_by"] not in FEATURE_MAPS:
+        problems.append(f"features_by {doc['features_by']!r} is not one of {FEATURE_MAPS}")
+    t = doc["timings"]
+    problems += _fields("timings", t, ("total_s", "clean_s") + TIMING_FIELDS)
+    if not all(isinstance(v, (int, float)) and v >= 0 for v in t.values()):
+        problems.append("timings are not all numbers of seconds >= 0")
     return problems
 
 
@@ -213,6 +238,7 @@ def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule:
     elif p.get("barrier") is not None:
         problems.append(f"{tag}: a barrier is recorded although no scenario program was solved")
     problems += differences(f"{tag} beta", p["beta"], beta) + differences(f"{tag} d", p["d"], cfg.decision_variables)
+    problems += _fields(f"{tag} hits", p["hits"], ("train", "verify"))
     hits = {}
     for split, n in (("train", cfg.n_train), ("verify", cfg.n_verify)):
         hits[split] = check_hits(p["hits"][split], rule.test_size, f"{tag} hits.{split}")
@@ -307,6 +333,11 @@ def _check_verdict(tag: str, p: Dict[str, Any], v: Dict[str, Any], cfg: CertifyC
     if v["c"] is not None and not v["c"] <= c_max(K, cfg.kappa):
         problems.append(f"{tag}: c = {v['c']} breaks K*c <= 1 - kappa (K = {K}, kappa = {cfg.kappa})")
     trunk = Barrier.from_dict(p["barrier"]["trunk"])
+    problems += differences(f"{tag} barrier", p["barrier"], barrier_record(trunk))
+    problems += differences(f"{tag} barrier.trunk", p["barrier"]["trunk"], trunk.to_dict())
+    problems += _fields(f"{tag} barrier.train_violations", trunk.train_violations, ("C1", "C3", "C2_pool", "C2_terminal", "C4"))
+    if not all(0.0 <= x <= 1.0 for x in trunk.train_violations.values()):
+        problems.append(f"{tag}: the barrier's training violations are not fractions")
     if trunk.config != cfg.barrier:
         problems.append(f"{tag}: the stored barrier was fitted with {trunk.config}, the configuration says {cfg.barrier}")
     if (trunk.out_dim, trunk.in_dim, p["barrier"]["out_dim"]) != (m, cfg.sample.features.dim, m):

@@ -142,3 +142,15 @@ def test_certificate_summary_states_the_guarantee_and_no_lp_claim(cli_certificat
     assert "first failing budget" not in text
     if cert.doc["radii"]["delta_fail"] is not None:
         assert "smallest probed budget not certified" in text
+
+
+def test_the_package_functions_are_not_shadowed_by_modules():
+    """``barrierkit.certify`` and ``barrierkit.replay`` stay functions whatever else was imported."""
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(barrierkit.__path__):
+        if mod.name not in ("__main__",):
+            importlib.import_module(f"barrierkit.{mod.name}")
+    assert callable(barrierkit.certify) and callable(barrierkit.replay)
+    assert not hasattr(barrierkit.replay, "__path__") and barrierkit.replay.__module__ == "barrierkit"

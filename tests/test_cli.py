@@ -335,3 +335,26 @@ def test_quiet_keeps_the_log_file_at_its_level(tmp_path, capsys):
     log = tmp_path / "run.log"
     main([*TINY_CERTIFY, "--quiet", "--log-file", str(log)])
     assert "probe 1" not in capsys.readouterr().err and "probe 1 of at most 2" in log.read_text()
+
+
+def test_triton_on_a_cpu_is_bad_input_not_a_bug(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert main([*TINY_SAMPLE, "--backend", "triton", "--device", "cpu", "--out", str(tmp_path / "t.npz")]) == 2
+    one_line_error(capsys, "backend", "CUDA")
+
+
+def test_sign_noise_with_another_attack_is_refused(tmp_path, capsys, monkeypatch):
+    no_work(monkeypatch)
+    assert main([*TINY_SAMPLE, "--attack", "sign", "--sign-noise", "0.5", "--out", str(tmp_path / "t.npz")]) == 2
+    one_line_error(capsys, "sign_noise", "gradient attack only")
+
+
+def test_the_log_file_may_be_a_device_is_owner_only_and_not_a_lock_file(tmp_path, capsys, cli_certificate):
+    assert main(["report", str(cli_certificate), "--quiet", "--log-file", os.devnull]) == 0
+    capsys.readouterr()
+    log = tmp_path / "run.log"
+    assert main(["verify", str(cli_certificate), "--quiet", "--log-file", str(log)]) == 0
+    assert (os.stat(log).st_mode & 0o077) == 0
+    out = tmp_path / "c.json"
+    assert main([*TINY_CERTIFY, "--out", str(out), "--log-file", lock_path(str(out))]) == 2
+    one_line_error(capsys, "lock file")

@@ -251,7 +251,53 @@ def forge_psi_backend(doc):
     certified(doc)["psi_backend"] = "triton"
 
 
+def seed_as_float(doc):
+    w = first(doc, "REFUTED")["witness"]["seeds"]
+    w["poison"] = float(w["poison"])
+
+
+def count_as_float(doc):
+    doc["n_verify"] = float(doc["n_verify"])
+
+
+def extra_hits_split(doc):
+    doc["probes"][0]["hits"]["holdout"] = [1, 2]
+
+
+def extra_trunk_field(doc):
+    certified(doc)["barrier"]["trunk"]["audited"] = True
+
+
+def invented_violation(doc):
+    b = certified(doc)["barrier"]
+    b["train_violations"]["C5"] = b["trunk"]["train_violations"]["C5"] = 0.0
+
+
+def train_loss_as_text(doc):
+    certified(doc)["barrier"]["train_loss"] = "perfect"
+
+
+def extra_timing(doc):
+    doc["timings"]["audit_s"] = 1.0
+
+
+def extra_version(doc):
+    doc["versions"]["audited_by"] = "someone"
+
+
+def forge_features_by(doc):
+    doc["features_by"] = "oracle"
+
+
+def forge_device(doc):
+    doc["device"] = "cpu, audited"
+
+
 FORGERIES = [
+    (seed_as_float, "witness.seeds.poison"), (count_as_float, "n_verify"), (extra_hits_split, "hits has fields"),
+    (extra_trunk_field, "barrier.trunk has fields"), (invented_violation, "train_violations has fields"),
+    (train_loss_as_text, "barrier.train_loss"), (extra_timing, "timings has fields"), (extra_version, "versions has fields"),
+    (forge_features_by, "features_by"), (forge_device, "device"),
     (forge_test_size, "test_size"), (forge_chance_hits, "chance_hits"), (forge_input_dim_consistently, "input_dim"),
     (config_names_another_dataset, "data_hash"), (add_a_claim, "should not have"),
     (consistency_on_a_refuted_probe, "should not have"), (forge_eta_star, "eta_star"), (huge_w, "box"),
@@ -377,6 +423,31 @@ def test_verify_replay_catches_what_quick_verify_cannot(cli_certificate, tmp_pat
     assert main(["verify", "--replay", "--quiet", str(path)]) == 6
     err = capsys.readouterr().err
     assert "REPLAY FAILED" in err and needle in err, err
+
+
+def test_verify_replay_catches_a_barrier_not_fitted_on_the_training_split(tmp_path, capsys, monkeypatch):
+    """Every field is consistent (the probe computed rows, solution and margins from this barrier),
+    but the barrier was fitted on the training runs in another order: only fitting it again shows it."""
+    import barrierkit.probe
+    from conftest import CLI_CERTIFY_ARGS
+
+    real = barrierkit.probe.fit_barrier
+    monkeypatch.setattr(barrierkit.probe, "fit_barrier", lambda f, u, pool, cfg: real(f[::-1].copy(), u[::-1].copy(), pool, cfg))
+    out = tmp_path / "c.json"
+    args = [a for a in CLI_CERTIFY_ARGS if a != "4"]
+    args[args.index("--max-probes") + 1:args.index("--max-probes") + 1] = ["1"]
+    assert main([*args, "--out", str(out)]) == 0
+    monkeypatch.setattr(barrierkit.probe, "fit_barrier", real)
+    assert main(["verify", str(out)]) == 0
+    assert main(["verify", "--replay", "--quiet", str(out)]) == 6
+    assert "not the stored one" in capsys.readouterr().err
+
+
+def test_verify_replay_on_another_kind_of_cpu_compares_statuses(cli_certificate, tmp_path, capsys):
+    path = forged(cli_certificate, tmp_path, lambda d: d["versions"].__setitem__("cpu", "another CPU"))
+    assert main(["verify", "--replay", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "was made on another CPU" in out.err and "on another kind of CPU, every probe's status follows" in out.out
 
 
 def test_certificate_is_owner_only_and_loads_back(cli_certificate):

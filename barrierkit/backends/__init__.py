@@ -84,6 +84,12 @@ def resolve(name: str, device: torch.device | str = "cpu", input_dim: Optional[i
     if name in BACKENDS:
         if name in ("numba",) and device.type != "cpu":
             raise ConfigError("backend", f"numba runs on the CPU; device is {device}")
+        if name in ("triton", "triton_tf32") and device.type != "cuda":
+            from ..kernels._host import interpreting
+
+            if not interpreting():
+                raise ConfigError("backend", f"{name} runs on a CUDA device (on the CPU only under TRITON_INTERPRET=1, "
+                                             f"for tests); device is {device}: use auto, numba or torch")
         return name
     raise ConfigError("backend", f"unknown backend {name!r}; known: {', '.join(BACKENDS)}, auto")
 
