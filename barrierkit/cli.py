@@ -18,7 +18,7 @@ from typing import List, Optional
 import numpy as np
 
 from . import __version__
-from .certificate import CertificateError, DigestMismatch
+from .certificate import CertificateError, DigestMismatch, near_chance_warning
 from .config import (ATTACK_DESCRIPTIONS, CertifyConfig, ConfigError, FeatureSpec, ModelSpec, SampleConfig, SamplingAttack,
                      ThreatModel, TrainRecipe)
 from .outputs import OutputError, OutputLocks, check_log_file, check_outputs
@@ -169,8 +169,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
                             "n_clean": args.n_clean, "n_unsafe": int(unsafe.sum()), "unsafe_fraction": float(unsafe.mean()),
                             "accuracy_drop": _quantiles(rule.accuracy_drop(runs.test_hits))})
             if rule.near_chance(chance):
-                from .certificate import near_chance_warning
-
                 log.warning(near_chance_warning(rule, chance))
         elif np.median(runs.test_hits) <= chance:
             log.warning("the runs' median test accuracy %.4f is no better than always predicting the majority class "

@@ -97,37 +97,42 @@ def pool_size(heavy_unsafe: int, earlier: Sequence[Dict[str, Any]], delta: float
     return int(heavy_unsafe) + sum(int(p["n_unsafe_train"]) for p in earlier if p["delta"] > delta)
 
 
-def probe_status(*, n_unsafe_verify: int, n_verify: int, alpha: float, pool_rows: int,
-                 solved: Optional[Dict[str, Any]] = None) -> Tuple[str, str]:
-    """(status, reason) of a probe from what it found.
-
-    REFUTED when a verification run ended unsafe; INCONCLUSIVE without a pool to separate from;
-    otherwise the scenario program's verdict (``solved``: solver_status, eta_check,
-    rounding_bound, tau, epsilon, epsilon_requested, train_consistency), CERTIFIED only when
-    the solver status is OPTIMAL, eta_check < -tau, epsilon meets the request and the training
-    split does not contradict it.
-    """
-    from .scenario import decide_status
-
+def unsolved_status(*, n_unsafe_verify: int, n_verify: int, alpha: float, pool_rows: int) -> Tuple[str, str]:
+    """(status, reason) of a probe whose scenario program is not solved: REFUTED when a
+    verification run ended unsafe, INCONCLUSIVE without a pool to separate from."""
     if n_unsafe_verify > 0:
         return "REFUTED", (f"{n_unsafe_verify} of {n_verify} verification runs ended unsafe (G > {alpha:g}); "
                            "witness recorded")
     if pool_rows == 0:
         return "INCONCLUSIVE", "no unsafe state from a larger budget to separate from (empty pool)"
-    if solved is None:
-        raise ValueError("probe_status: a probe with a pool must have solved the scenario program")
-    status, reason = decide_status(np.zeros(0, dtype=bool), solved["solver_status"], solved["eta_check"],
-                                   solved["tau"], solved["rounding_bound"])
-    eps = solved["epsilon"]
-    if status == "CERTIFIED" and eps > solved["epsilon_requested"]:
-        return "INCONCLUSIVE", f"epsilon {eps:.4g} exceeds the requested {solved['epsilon_requested']:g}"
-    tc = solved["train_consistency"]
+    raise ValueError("unsolved_status: a probe with no unsafe verification run and a pool must solve its program")
+
+
+def solved_status(*, solver_status: str, eta_check: float, rounding_bound: float, tau: float, epsilon: float,
+                  epsilon_requested: float, train_consistency: Dict[str, Any]) -> Tuple[str, str]:
+    """(status, reason) of a probe whose scenario program was solved: CERTIFIED only when the
+    solver status is OPTIMAL, eta_check < -tau, epsilon meets the request and the training split
+    does not contradict it; otherwise INCONCLUSIVE."""
+    from .scenario import decide_status
+
+    status, reason = decide_status(np.zeros(0, dtype=bool), solver_status, eta_check, tau, rounding_bound)
+    if status == "CERTIFIED" and epsilon > epsilon_requested:
+        return "INCONCLUSIVE", f"epsilon {epsilon:.4g} exceeds the requested {epsilon_requested:g}"
+    tc = train_consistency
     if status == "CERTIFIED" and tc["contradicts"]:
         return "INCONCLUSIVE", (
             f"the training split's unsafe rate is at least {tc['rate_lower_bound']:.4g} at confidence "
-            f"1 - {tc['beta']:.3g} ({tc['n_unsafe']}/{tc['n']} runs), above epsilon {eps:.4g}: "
+            f"1 - {tc['beta']:.3g} ({tc['n_unsafe']}/{tc['n']} runs), above epsilon {epsilon:.4g}: "
             "the independent training runs contradict the certificate")
     return status, reason
+
+
+def a_posteriori_epsilon(n_verify: int, n_support: Optional[int], beta: float, d: int) -> Optional[float]:
+    """The wait-and-judge bound for ``n_support`` support scenarios (None when they were not
+    counted or exceed d, where the bound does not apply)."""
+    if n_support is None or not 0 <= n_support <= d <= n_verify:
+        return None
+    return pac.epsilon_a_posteriori(n_verify, n_support, beta, d)
 
 
 def overall_status(probes: List[Dict[str, Any]]) -> Tuple[str, str, Optional[Dict[str, Any]]]:

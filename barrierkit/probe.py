@@ -3,9 +3,10 @@
 A probe samples a training split (fits the barrier trunk psi and w0) and a verification split
 that nothing else has seen, both at delta with seeds of their own; labels every run unsafe when
 G = g_c - g > alpha (exactly, on hit counts: barrierkit.labels); solves the scenario program on
-the verification split with psi fixed (METHOD section 6) and attaches the PAC level epsilon(N_v, d, beta / K_max). It also evaluates
-the direct baseline on the same runs: no barrier, the d = 1 scenario bound on the terminal
-labels of all of this probe's runs (training and verification, all i.i.d. draws of A_delta).
+the verification split with psi fixed (METHOD section 6) and attaches the PAC level
+epsilon(N_v, d, beta / K_max). It also evaluates the direct baseline on the same runs: no
+barrier, the d = 1 scenario bound on the terminal labels of all of this probe's runs (training
+and verification, all i.i.d. draws of A_delta).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from .config import CertifyConfig, SampleConfig
 from .data import Dataset
 from .engine import sample, trajectory_seeds
 from .labels import SafetyRule
-from .outcomes import VERDICT_FIELDS, first_unsafe, label_fields, probe_status, training_split_consistency, witness_record
+from .outcomes import (VERDICT_FIELDS, a_posteriori_epsilon, first_unsafe, label_fields, solved_status, training_split_consistency,
+                       unsolved_status, witness_record)
 from .scenario import ScenarioProblem, solve
 from .trajectories import Trajectories
 
@@ -121,8 +123,8 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
     if u_verify.any() or len(pool) == 0:
         # no barrier can certify a verification split with an unsafe run (METHOD section 6): the
         # scenario program would return eta* >= kappa/(K+2) > 0, so it is not solved
-        status, reason = probe_status(n_unsafe_verify=record["n_unsafe_verify"], n_verify=verify.n, alpha=cfg.alpha,
-                                      pool_rows=len(pool))
+        status, reason = unsolved_status(n_unsafe_verify=record["n_unsafe_verify"], n_verify=verify.n, alpha=cfg.alpha,
+                                         pool_rows=len(pool))
         record.update(status=status, reason=reason)
         return record
 
@@ -135,15 +137,12 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
     verdict = solve(problem, solver=cfg.solver, tau=cfg.tau, count_support=True)
     ctx.timings["scp_s"] += time.perf_counter() - tic
     eps = pac.epsilon(verify.n, verdict.d, beta_probe)
-    eps_post = None
-    if verdict.n_support is not None and verdict.n_support <= verdict.d:
-        eps_post = pac.epsilon_a_posteriori(verify.n, verdict.n_support, beta_probe, verdict.d)
+    eps_post = a_posteriori_epsilon(verify.n, verdict.n_support, beta_probe, verdict.d)
     consistency = training_split_consistency(int(u_train.sum()), train.n, eps, beta_probe)
     vd = verdict.to_dict()
-    status, reason = probe_status(
-        n_unsafe_verify=0, n_verify=verify.n, alpha=cfg.alpha, pool_rows=len(pool),
-        solved={"solver_status": verdict.solver_status, "eta_check": verdict.eta_check, "rounding_bound": verdict.rounding_bound,
-                "tau": cfg.tau, "epsilon": eps, "epsilon_requested": cfg.epsilon, "train_consistency": consistency})
+    status, reason = solved_status(solver_status=verdict.solver_status, eta_check=verdict.eta_check,
+                                   rounding_bound=verdict.rounding_bound, tau=cfg.tau, epsilon=eps,
+                                   epsilon_requested=cfg.epsilon, train_consistency=consistency)
     record.update(
         status=status, reason=reason, epsilon=eps, epsilon_a_posteriori=eps_post, d=verdict.d,
         n_support=verdict.n_support, eta_star=vd["eta_star"], eta_check=vd["eta_check"], tau=cfg.tau,

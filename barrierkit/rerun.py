@@ -35,7 +35,7 @@ from .context import radius_context
 from .data import get_dataset
 from .engine import clean_runs, versions
 from .labels import SafetyRule
-from .outcomes import probe_status
+from .outcomes import solved_status
 from .probe import PURPOSE_POOL, CertifyContext, scenario_rows, split_purpose
 from .scenario import ScenarioProblem, recheck, solve
 from .trajectories import Trajectories
@@ -186,21 +186,19 @@ def _replay_program(tag: str, p: Dict[str, Any], ctx: CertifyContext, runs: Dict
         what = "the pool margin" if i == len(diff) - 1 else f"the margin of verification run {i}"
         raise _Mismatch(f"{tag}: {what} re-checks to {float(replayed[i])!r}, the certificate says {float(stored[i])!r} "
                         f"(difference {diff[i]:.3g} > tau = {cfg.tau:g})")
-    _same_status(tag, p, cfg, len(pool), "re-checked at the stored solution", v["solver_status"], rc.eta_check, rc.rounding_bound)
+    _same_status(tag, p, cfg, "re-checked at the stored solution", v["solver_status"], rc.eta_check, rc.rounding_bound)
     again = solve(problem, solver=cfg.solver, tau=cfg.tau, count_support=True)
     if strict:
         _same_solution(tag, p, again)
-    _same_status(tag, p, cfg, len(pool), "solved again", again.solver_status, again.eta_check, again.rounding_bound)
+    _same_status(tag, p, cfg, "solved again", again.solver_status, again.eta_check, again.rounding_bound)
     return float(diff.max())
 
 
-def _same_status(tag: str, p: Dict[str, Any], cfg: CertifyConfig, pool_rows: int, how: str, solver_status: str,
+def _same_status(tag: str, p: Dict[str, Any], cfg: CertifyConfig, how: str, solver_status: str,
                  eta_check: float, rounding_bound: float) -> None:
-    status, _ = probe_status(
-        n_unsafe_verify=0, n_verify=cfg.n_verify, alpha=cfg.alpha, pool_rows=pool_rows,
-        solved={"solver_status": solver_status, "eta_check": eta_check, "rounding_bound": rounding_bound,
-                "tau": cfg.tau, "epsilon": p["epsilon"], "epsilon_requested": cfg.epsilon,
-                "train_consistency": p["train_consistency"]})
+    status, _ = solved_status(solver_status=solver_status, eta_check=eta_check, rounding_bound=rounding_bound,
+                              tau=cfg.tau, epsilon=p["epsilon"], epsilon_requested=cfg.epsilon,
+                              train_consistency=p["train_consistency"])
     if status != p["status"]:
         raise _Mismatch(f"{tag}: {how}, eta_check = {eta_check:.6g} makes the probe {status}; the certificate says "
                         f"{p['status']}")

@@ -33,8 +33,9 @@ from .data import get_dataset
 from .engine import trajectory_seeds, versions
 from .labels import SafetyRule, chance_hits, check_hits
 from .models import MLPShape
-from .outcomes import (BARRIER_FIELDS, PROBE_FIELDS, SOLVED_FIELDS, VERDICT_FIELDS, first_unsafe, label_fields, overall_status,
-                       pool_size, probe_status, training_split_consistency, witness_record)
+from .outcomes import (BARRIER_FIELDS, PROBE_FIELDS, SOLVED_FIELDS, VERDICT_FIELDS, a_posteriori_epsilon, first_unsafe,
+                       label_fields, overall_status, pool_size, solved_status, training_split_consistency, unsolved_status,
+                       witness_record)
 from .probe import TIMING_FIELDS, barrier_record, split_purpose
 from .radius import max_budget, radii, search
 from .scenario import c_max
@@ -261,7 +262,7 @@ def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule:
         if n_unsafe_verify == 0 and rows > 0:
             return problems + [f"{tag}: no scenario program was solved although no verification run is unsafe and "
                                f"the pool holds {rows} states"]
-        status, reason = probe_status(n_unsafe_verify=n_unsafe_verify, n_verify=cfg.n_verify, alpha=cfg.alpha, pool_rows=rows)
+        status, reason = unsolved_status(n_unsafe_verify=n_unsafe_verify, n_verify=cfg.n_verify, alpha=cfg.alpha, pool_rows=rows)
         problems += differences(f"{tag} epsilon", p["epsilon"], None)
     else:
         if n_unsafe_verify > 0 or rows == 0:
@@ -280,11 +281,10 @@ def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule:
         if v["solver_status"] == "optimal" and not complete:
             problems.append(f"{tag}: an OPTIMAL solution with incomplete or non-finite margins")
         problems += differences(f"{tag} eta_check", p["eta_check"], eta)
-        status, reason = probe_status(
-            n_unsafe_verify=n_unsafe_verify, n_verify=cfg.n_verify, alpha=cfg.alpha, pool_rows=rows,
-            solved={"solver_status": v["solver_status"], "eta_check": math.inf if eta is None else eta,
-                    "rounding_bound": v["rounding_bound"] if v["rounding_bound"] is not None else math.inf,
-                    "tau": cfg.tau, "epsilon": eps, "epsilon_requested": cfg.epsilon, "train_consistency": consistency})
+        status, reason = solved_status(
+            solver_status=v["solver_status"], eta_check=math.inf if eta is None else eta,
+            rounding_bound=v["rounding_bound"] if v["rounding_bound"] is not None else math.inf,
+            tau=cfg.tau, epsilon=eps, epsilon_requested=cfg.epsilon, train_consistency=consistency)
     problems += differences(f"{tag} status", p["status"], status)
     problems += differences(f"{tag} reason", p["reason"], reason)
     return problems
@@ -326,8 +326,7 @@ def _check_verdict(tag: str, p: Dict[str, Any], v: Dict[str, Any], cfg: CertifyC
             problems.append(f"{tag}: support indices are not distinct verification runs")
         problems += differences(f"{tag} n_support", p["n_support"], len(support))
     n_support = p["n_support"]
-    post = pac.epsilon_a_posteriori(cfg.n_verify, n_support, cfg.beta_per_probe, p["d"]) \
-        if n_support is not None and 0 <= n_support <= p["d"] <= cfg.n_verify else None
+    post = a_posteriori_epsilon(cfg.n_verify, n_support, cfg.beta_per_probe, p["d"])
     problems += differences(f"{tag} epsilon_a_posteriori", p["epsilon_a_posteriori"], post)
     K = cfg.sample.recipe.intervals
     if v["c"] is not None and not v["c"] <= c_max(K, cfg.kappa):
