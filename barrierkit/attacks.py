@@ -7,6 +7,7 @@ sign(g_i) for l_inf and g_i / ||g_i||_2 for l_2 (zero where the gradient vanishe
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Tuple
 
 import numpy as np
@@ -15,28 +16,26 @@ import torch
 from .config import SampleConfig
 from .data import Dataset
 from .models import MLPShape, forward, init_params
-from .poison import PoisonSpec
-from .rng import derive_seeds
-from .schedule import Schedule
+from .rng import Purpose, derive_seeds
 
-REFERENCE_PURPOSE = 0x5EF
 _CACHE: Dict[Tuple, np.ndarray] = {}
 
 
 def train_reference(config: SampleConfig, data: Dataset):
-    """Parameters of the clean reference model (float64, one model stacked as N = 1)."""
-    from .backends.torch_ref import StepProblem, TrainState, train_segment
+    """Parameters of the clean reference model: the recipe in float64 without poison, on the
+    torch reference, one model stacked as N = 1 (its init and schedule seeds come from
+    :attr:`Purpose.REFERENCE` of ``attack.reference_seed``)."""
+    from .backends.base import StepProblem, TrainState
+    from .backends.torch_ref import train_segment
 
+    clean = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, dtype="float64"),
+                                threat=dataclasses.replace(config.threat, rho=0.0))
     shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
-    seeds = derive_seeds(config.attack.reference_seed, REFERENCE_PURPOSE, 0, 2).astype(np.int64)
-    params = init_params(shape, seeds[:1], dtype=torch.float64)
-    sched = torch.as_tensor(seeds[1:2])
-    problem = StepProblem(
-        x_train=torch.as_tensor(data.x_train, dtype=torch.float64), y_train=torch.as_tensor(data.y_train),
-        schedule=Schedule(sched, data.x_train.shape[0], config.recipe.batch),
-        poison=PoisonSpec(seeds=sched, rho=0.0, delta=0.0, norm=config.threat.norm, kind="uniform"),
-        lr=config.recipe.lr, momentum=config.recipe.momentum, weight_decay=config.recipe.weight_decay, dtype=torch.float64,
-    )
+    init, schedule = derive_seeds(config.attack.reference_seed, Purpose.REFERENCE, 0, 2).astype(np.int64)
+    params = init_params(shape, np.array([init]), dtype=torch.float64)
+    seeds = torch.tensor([[init, schedule, schedule]])  # the poison seed is never read: rho = 0
+    problem = StepProblem.from_config(clean, torch.as_tensor(data.x_train, dtype=torch.float64),
+                                      torch.as_tensor(data.y_train), seeds, delta=0.0)
     state = TrainState(params)
     train_segment(state, problem, 0, config.recipe.steps)
     return state.params

@@ -1,4 +1,4 @@
-"""Neural barrier certificate (NNBC) fitting: B(phi) = w^T psi(phi) (METHOD sections 4-5).
+"""Neural barrier certificate (NNBC) fitting: B(phi) = w^T psi(phi) (docs/METHOD.md §4-§5).
 
 ``fit_barrier`` learns, on the *training split* only, a smooth trunk psi: R^k -> R^m (feature
 standardisation, one tanh hidden layer, linear output) together with an initial output layer w0
@@ -21,7 +21,7 @@ c = c_max * (1 - softplus(r)) with c_max the largest float64 such that K * c_max
 K*c <= 1 - kappa holds exactly for every r.
 
 Soundness does not depend on anything here. psi and w0 come only from the training split; the
-verifier (scenario convex program, METHOD section 6) fixes psi, evaluates it with the float64
+verifier (scenario convex program, docs/METHOD.md §6) fixes psi, evaluates it with the float64
 numpy function :meth:`Barrier.psi`, and re-optimises w, gamma and c on a fresh verification split.
 A poor fit only makes certification succeed less often; it can never make it wrong.
 """
@@ -34,52 +34,12 @@ from typing import Any, Dict, List, Tuple, Union
 import numpy as np
 import torch
 
+from .config import BarrierConfig
 from .scenario import c_max
 
 STD_FLOOR = 1e-6  # floor on a feature's standard deviation (constant features stay finite)
 FORMAT = "barrierkit.barrier/1"
-_SEED_LIMIT = 2**63
 Scalar = Union[torch.Tensor, float]
-
-
-@dataclass(frozen=True)
-class BarrierConfig:
-    """Hyper-parameters of the barrier fit; validated on construction."""
-
-    width: int = 32  # hidden units of the trunk
-    out_dim: int = 8  # m: each output dimension is one decision variable in the PAC bound
-    epochs: int = 300  # full-batch Adam steps
-    lr: float = 1e-2  # initial learning rate, cosine-annealed to lr * final_lr_fraction
-    final_lr_fraction: float = 0.01
-    margin: float = 0.05  # hinge margin, in units of the gap lambda - gamma = 1 (C3: of K*increment)
-    kappa: float = 0.1  # C4 slack: K*c <= 1 - kappa
-    weight_decay: float = 1e-4  # L2 on weight matrices and w (not biases, gamma, c)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("width", "out_dim", "epochs"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"BarrierConfig.{name} must be an integer >= 1, got {value!r}")
-        if not _is_int(self.seed) or not 0 <= self.seed < _SEED_LIMIT:
-            raise ValueError(f"BarrierConfig.seed must be an integer in [0, 2**63), got {self.seed!r}")
-        for name, low_open in (("lr", True), ("margin", False), ("weight_decay", False)):
-            value = getattr(self, name)
-            if not _is_real(value) or value < 0 or (low_open and value == 0):
-                bound = "> 0" if low_open else ">= 0"
-                raise ValueError(f"BarrierConfig.{name} must be a finite number {bound}, got {value!r}")
-        if not _is_real(self.final_lr_fraction) or not 0 < self.final_lr_fraction <= 1:
-            raise ValueError(f"BarrierConfig.final_lr_fraction must lie in (0, 1], got {self.final_lr_fraction!r}")
-        if not _is_real(self.kappa) or not 0 < self.kappa < 1:
-            raise ValueError(f"BarrierConfig.kappa must lie in (0, 1), got {self.kappa!r}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass

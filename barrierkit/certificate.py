@@ -22,8 +22,15 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from . import pac
+from .config import CertifyConfig
+from .context import radius_context
+from .data import Dataset
 from .io import write_json
-from .labels import SafetyRule
+from .labels import SafetyRule, chance_hits
+from .models import MLPShape
+from .outcomes import overall_status
+from .radius import max_budget, radii
 
 FORMAT = "barrierkit.certificate/2"
 OLD_FORMATS = ("barrierkit.certificate/1",)
@@ -173,3 +180,42 @@ def near_chance_warning(rule: SafetyRule, chance_hits: int) -> str:
 def warnings_for(rule: SafetyRule, chance_hits: int) -> List[str]:
     """The warnings a certificate carries, from its clean reference."""
     return [near_chance_warning(rule, chance_hits)] if rule.near_chance(chance_hits) else []
+
+
+def assemble(config: CertifyConfig, data: Dataset, rule: SafetyRule, clean_hits: Any, pool: Dict[str, Any],
+             probes: List[Dict[str, Any]], timings: Dict[str, float], trajectories: int, started: float,
+             run: Dict[str, Any]) -> "Certificate":
+    """The certificate of a finished search: its status and radii from the probe records, every
+    fact about the data, model, PAC levels and pool, and the run's ``timings`` (``total_s`` is
+    measured from ``started``, a ``time.perf_counter()`` value, to now). ``run`` holds what the
+    run was made with: ``versions``, ``backend``, ``device`` and ``features_by``."""
+    import time
+
+    scfg = config.sample
+    status, reason, best = overall_status(probes)
+    top = max_budget(scfg.threat.norm, scfg.threat.domain, data.input_dim)
+    found = radii(probes, top, config.delta_hi)
+    context = None
+    if best is not None:
+        context = radius_context(best["delta"], scfg.threat.norm, data.x_train, data.y_train)
+    total = time.perf_counter() - started
+    shape = MLPShape.from_spec(scfg.model, data.input_dim, data.n_classes)
+    settings = config.to_dict()
+    doc: Dict[str, Any] = {
+        "format": FORMAT, "status": status, "reason": reason, "config": settings, "threat_model": threat_model(settings),
+        "dataset": data.name, "data_hash": data.content_hash, "input_dim": data.input_dim, "n_classes": data.n_classes,
+        "model_hash": shape.spec_hash, "param_count": shape.param_count, "test_size": rule.test_size,
+        "chance_hits": chance_hits(data.y_test), "g_clean": rule.g_clean, "clean_accuracy": clean_summary(rule, clean_hits),
+        "alpha": config.alpha, "beta": config.beta, "beta_per_probe": config.beta_per_probe,
+        "epsilon": best["epsilon"] if best else None, "epsilon_requested": config.epsilon,
+        "n_verify": config.n_verify, "n_train": config.n_train, "d": config.decision_variables,
+        "epsilon_direct": pac.epsilon(config.n_verify + config.n_train, 1, config.beta_per_probe),
+        "pool": pool, "probes": probes, "radii": found, "context": context,
+        "warnings": warnings_for(rule, chance_hits(data.y_test)),
+        "timings": {"total_s": total, **timings},
+        "throughput": throughput(trajectories, scfg.recipe.steps, total, len(probes)),
+        "versions": run["versions"], "backend": run["backend"], "device": run["device"], "features_by": run["features_by"],
+    }
+    if best is not None:
+        doc.update({k: best[k] for k in CERTIFIED_FIELDS})
+    return Certificate(doc)

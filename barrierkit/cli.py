@@ -13,14 +13,15 @@ import os
 import sys
 import textwrap
 import traceback
-from typing import List, Optional
+import typing
+from typing import Any, Callable, Dict, List, Optional, Type, Union
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .certificate import CertificateError, DigestMismatch, near_chance_warning
-from .config import (ATTACK_DESCRIPTIONS, CertifyConfig, ConfigError, FeatureSpec, ModelSpec, SampleConfig, SamplingAttack,
-                     ThreatModel, TrainRecipe)
+from .config import CertifyConfig, ConfigError, SampleConfig, Setting, given_type, settings
+from .config_file import dump_config, in_file, read_settings
 from .outputs import OutputError, OutputLocks, check_log_file, check_outputs
 
 log = logging.getLogger("barrierkit")
@@ -61,71 +62,199 @@ def say(text: str) -> None:
             pass
 
 
-def _hidden(text: str) -> tuple:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"hidden: expected comma-separated ints like 32 or 64,32, got {text!r}")
+# ------------------------------------------------------------------ options from the configuration
+
+FLAG_NAMES = {"attack.kind": "--attack", "features.seed": "--feature-seed", "memory_budget_mb": "--memory-mb"}
+"""Options not named after their field (a sampling setting's key is taken relative to the
+SampleConfig). Every other option is its field's name with dashes; a barrier setting's has the
+prefix ``barrier-``."""
+
+SET_BY_OTHERS = {"barrier.kappa": "kappa"}
+"""Settings without an option of their own: --kappa sets the barrier's kappa too (they must agree)."""
+
+PARSERS: Dict[str, Callable[[str], Any]] = {"solver": str.upper}
+"""Settings whose command-line text is normalised before the configuration checks it."""
+
+DATA = "sampling: data, model and execution"
+RECIPE = "training recipe (the dynamics)"
+THREAT = "threat model and sampling attack"
+FEATURES = "features φ (what is recorded of each run)"
+BARRIER = "barrier fit"
+PAC = "certification (PAC)"
+SCENARIO = "scenario program"
+SEARCH = "search over the budget δ"
+CONFIG_FILE = "configuration file"
+LOGGING = "output and logging"
+GROUP_ORDER = (CONFIG_FILE, DATA, RECIPE, THREAT, FEATURES, BARRIER, PAC, SCENARIO, SEARCH, LOGGING)
+SECTION_GROUPS = {"model": DATA, "recipe": RECIPE, "threat": THREAT, "attack": THREAT, "features": FEATURES,
+                  "barrier": BARRIER, "dataset": DATA, "memory_budget_mb": DATA, "seed": DATA,
+                  "alpha": PAC, "epsilon": PAC, "beta": PAC, "n_verify": PAC, "n_train": PAC, "n_clean": PAC,
+                  "n_pool": PAC, "pool_delta": PAC, "pool_rho": PAC, "kappa": SCENARIO, "tau": SCENARIO,
+                  "mu": SCENARIO, "w_bound": SCENARIO, "solver": SCENARIO, "max_probes": SEARCH,
+                  "delta_start": SEARCH, "delta_hi": SEARCH, "rel_tol": SEARCH}
+"""The --help group of each settings table, or of each top-level setting."""
+
+SETTING_DEST = "setting:"
+"""The argparse destination of a setting's option is this prefix and the setting's dotted key;
+an option left out is absent from the namespace, so only what was given overrides the file."""
 
 
-ATTACK_HELP = "; ".join(f"{name}: {text}" for name, text in ATTACK_DESCRIPTIONS.items())
+def relative_key(setting: Setting) -> str:
+    """The setting's key within the SampleConfig for sampling settings, else its key."""
+    return setting.key.removeprefix("sample.")
 
 
-def add_sample_options(p: argparse.ArgumentParser) -> None:
-    """Options that define the sampled training runs (shared by sample and certify)."""
-    g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", default="digits", help="digits (embedded, default), synthetic (64-d) or synthetic-mnist (784-d)")
-    g.add_argument("--hidden", type=_hidden, default=(32,), help="hidden widths, e.g. 32 or 64,32 (default: 32)")
-    g = p.add_argument_group("training recipe (the dynamics)")
-    g.add_argument("--steps", type=int, default=400, help="SGD steps T per run (default: 400)")
-    g.add_argument("--batch", type=int, default=32, help="minibatch size (default: 32)")
-    g.add_argument("--lr", type=float, default=0.1, help="learning rate (default: 0.1)")
-    g.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default: 0)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default: 0)")
-    g.add_argument("--record-every", type=int, default=40, help="record features every r steps; K = T/r (default: 40)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="training precision (default: float32)")
-    g = p.add_argument_group("threat model")
-    g.add_argument("--rho", type=float, default=0.5, help="probability that a training point is poisoned (default: 0.5)")
-    g.add_argument("--norm", default="inf", help="perturbation norm: inf or 2 (default: inf)")
-    g.add_argument("--attack", default="gradient", help=f"sampling attack A_δ, what a poisoned point gets: {ATTACK_HELP} "
-                                                        "(default: gradient)")
-    g.add_argument("--sign-noise", type=float, default=0.0,
-                   help="gradient attack only: probability that a poisoned point's direction is flipped (the attack "
-                        "then draws random perturbations instead of one fixed one per point) (default: 0)")
-    g = p.add_argument_group("execution")
-    g.add_argument("--seed", type=int, default=0, help="master seed; every trajectory's seeds derive from it (default: 0)")
+def flag_name(setting: Setting) -> str:
+    """The option that sets ``setting`` (see :data:`FLAG_NAMES`)."""
+    key = relative_key(setting)
+    if key in FLAG_NAMES:
+        return FLAG_NAMES[key]
+    prefix = "barrier-" if setting.path[0] == "barrier" else ""
+    return "--" + prefix + setting.path[-1].replace("_", "-")
+
+
+def option_text(value: Any) -> str:
+    """A value written as it is typed on the command line: 0.0001, 64,32, inf."""
+    if isinstance(value, tuple):
+        return ",".join(option_text(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def option_help(setting: Setting) -> str:
+    """The field's help and its default, for --help (argparse reads % as a format)."""
+    default = setting.unset if setting.default is None else option_text(setting.default)
+    return f"{setting.help} (default: {default})".replace("%", "%%")
+
+
+NOUNS = {int: "an integer", float: "a number", str: "a string"}
+
+
+def text_parser(setting: Setting) -> Callable[[str], Any]:
+    """Parse an option's text as the setting's type: int, float, str, an optional one, or a
+    tuple of them written comma-separated like its default (``64,32``)."""
+    if setting.key in PARSERS:
+        return PARSERS[setting.key]
+    kind = given_type(setting.kind)
+    if typing.get_origin(kind) is tuple:
+        return tuple_parser(typing.get_args(kind), option_text(setting.default))
+    return scalar_parser(kind)
+
+
+def scalar_parser(kind: type) -> Callable[[str], Any]:
+    """``kind(text)``, failing with a message argparse puts after the option's name."""
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {NOUNS[kind]}, got {text!r}") from None
+
+    return parse
+
+
+def tuple_parser(items: tuple, example: str) -> Callable[[str], tuple]:
+    """Comma-separated values of the tuple type with members ``items`` (``(int, ...)``: any number)."""
+    def parse(text: str) -> tuple:
+        parts = [part for part in text.split(",") if part.strip()]
+        kinds = items[:1] * len(parts) if items[-1] is Ellipsis else items
+        if len(kinds) != len(parts):
+            raise argparse.ArgumentTypeError(f"expected {len(items)} comma-separated values like {example}, got {text!r}")
+        try:
+            return tuple(kind(part) for kind, part in zip(kinds, parts))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers like {example}, got {text!r}") from None
+
+    return parse
+
+
+def option_groups(p: argparse.ArgumentParser, titles: tuple) -> Dict[str, argparse._ArgumentGroup]:
+    """The --help groups of ``p`` in their order."""
+    return {title: p.add_argument_group(title) for title in titles}
+
+
+def add_setting_options(groups: Dict[str, argparse._ArgumentGroup], config: type) -> None:
+    """One option for each setting of the configuration dataclass ``config`` (CertifyConfig or
+    SampleConfig), its type, default and help taken from the field."""
+    for setting in settings(config):
+        if setting.key in SET_BY_OTHERS:
+            continue
+        flag = flag_name(setting)
+        groups[SECTION_GROUPS[relative_key(setting).split(".")[0]]].add_argument(
+            flag, dest=SETTING_DEST + setting.key, default=argparse.SUPPRESS, type=text_parser(setting),
+            metavar=flag.lstrip("-").upper().replace("-", "_"), help=option_help(setting))
+
+
+def add_field_option(group: argparse._ArgumentGroup, config: type, name: str) -> None:
+    """An option of a command's own (not part of its configuration) with the default and help of
+    the field ``name`` of ``config``: ``sample --alpha`` and ``--seed`` mean what certify's do."""
+    (setting,) = [s for s in settings(config) if s.key == name]
+    group.add_argument("--" + name.replace("_", "-"), type=text_parser(setting), default=setting.default,
+                       help=option_help(setting))
+
+
+def add_config_file_options(groups: Dict[str, argparse._ArgumentGroup], config: type) -> None:
+    """--config FILE and --dump-config for a command whose settings are ``config``."""
+    g = groups[CONFIG_FILE]
+    tables = "[sample], [sample.recipe], [barrier], ..." if config is CertifyConfig else "[recipe], [threat], ..."
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help=f"read the settings from this TOML file, nested like the configuration ({tables}); a key left "
+                        "out takes its default, and the options given on the command line override the file")
+    g.add_argument("--dump-config", action="store_true",
+                   help="print the configuration these options and --config make, as TOML that --config reads back, "
+                        "and exit without doing any work")
+
+
+def add_execution_options(g: argparse._ArgumentGroup) -> None:
+    """--backend and --device: where and how the runs are computed (not part of the configuration)."""
     g.add_argument("--backend", default="auto",
                    help="auto (default: triton on CUDA, numba on the CPU when installed, else torch), torch (the "
                         "readable reference), numba (CPU), triton (the fused GPU kernel, IEEE float32 dot products) "
                         "or triton_tf32 (the same kernel with TF32 tensor-core dot products: faster, about 1e-3 "
                         "relative rounding per product); recorded in every result, since it defines the dynamics")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default: cuda when available, else cpu)")
-    g.add_argument("--memory-mb", type=float, default=None,
-                   help="memory budget that sizes trajectory chunks; results do not depend on it "
-                        "(default: 2048 on the CPU, half the free memory of a CUDA device)")
 
 
-def add_common_options(p: argparse.ArgumentParser) -> None:
+def given_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """{dotted key: value} of the settings given on the command line, those that another option
+    sets (:data:`SET_BY_OTHERS`) included."""
+    given = {dest[len(SETTING_DEST):]: value for dest, value in vars(args).items() if dest.startswith(SETTING_DEST)}
+    return {**given, **{key: given[source] for key, source in SET_BY_OTHERS.items() if source in given}}
+
+
+def with_settings(table: Dict[str, Any], given: Dict[str, Any]) -> Dict[str, Any]:
+    """The nested settings ``table`` with each dotted key of ``given`` set to its value."""
+    for key, value in given.items():
+        *tables, name = key.split(".")
+        section = table
+        for part in tables:
+            section = section.setdefault(part, {})
+        section[name] = value
+    return table
+
+
+def config_from_args(args: argparse.Namespace,
+                     kind: Type[Union[CertifyConfig, SampleConfig]] = SampleConfig) -> Union[CertifyConfig, SampleConfig]:
+    """The configuration of type ``kind`` that the --config file and the options given make, the
+    options overriding the file and every setting left out taking its field's default. The two
+    are checked together, so options may complete a file that is not valid on its own."""
+    table = read_settings(args.config, kind) if args.config is not None else {}
+    given = given_settings(args)
+    try:
+        return kind.from_dict(with_settings(table, given))
+    except ConfigError as exc:
+        if args.config is None:
+            raise
+        if not given:
+            raise in_file(args.config, exc) from None
+        raise ConfigError(exc.field, f"{exc.message} (the settings of {args.config} with the options given)") from None
+
+
+def add_logging_options(g: argparse._ArgumentGroup) -> None:
     """Logging options every command takes."""
-    g = p.add_argument_group("output and logging")
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="progress and diagnostics on stderr: info (default) logs one line per stage and probe")
     g.add_argument("--log-file", default=None, help="also append the log to this file")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bars, and only warnings and errors on stderr (--log-file keeps --log-level)")
-
-
-def config_from_args(args: argparse.Namespace) -> SampleConfig:
-    return SampleConfig(
-        dataset=args.dataset,
-        model=ModelSpec(hidden=args.hidden),
-        recipe=TrainRecipe(steps=args.steps, batch=args.batch, lr=args.lr, momentum=args.momentum,
-                           weight_decay=args.weight_decay, record_every=args.record_every, dtype=args.dtype),
-        threat=ThreatModel(norm=args.norm, rho=args.rho),
-        attack=SamplingAttack(kind=args.attack, sign_noise=args.sign_noise),
-        features=FeatureSpec(),
-        memory_budget_mb=args.memory_mb,
-    )
 
 
 def _progress(args: argparse.Namespace) -> Optional[bool]:
@@ -136,11 +265,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .backends import resolve_device
     from .config import check_alpha, check_count
     from .data import get_dataset
-    from .engine import PURPOSE_SAMPLE, check_memory, clean_runs, sample, trajectory_seeds
+    from .engine import check_memory, clean_runs, sample
+    from .rng import Purpose, trajectory_seeds
     from .io import json_bytes, write_together
     from .labels import SafetyRule, chance_hits
 
-    config = config_from_args(args)
+    config = config_from_args(args, SampleConfig)
+    if args.dump_config:
+        say(dump_config(config).rstrip("\n"))
+        return EXIT_OK
+    if args.delta is None:
+        raise CliError("delta: --delta is required (the poisoning budget: ||Delta||_p <= delta)")
     check_count(args.n, "n")
     if not isinstance(args.n_clean, int) or args.n_clean < 0:
         raise ConfigError("n_clean", f"must be an int >= 0, got {args.n_clean!r}")
@@ -149,11 +284,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_memory(config, args.n_clean, "n_clean")
     summary_path = sample_summary_path(args)
     outputs = check_outputs([("out", args.out), ("summary", summary_path)])
+    refuse_to_overwrite_the_config(args, outputs)
     device = resolve_device(args.device)
     with OutputLocks(outputs):
         data = get_dataset(config.dataset)
         kw = dict(data=data, backend=args.backend, device=device, progress=_progress(args))
-        runs = sample(config, args.delta, trajectory_seeds(args.seed, PURPOSE_SAMPLE, args.n), **kw)
+        runs = sample(config, args.delta, trajectory_seeds(args.seed, Purpose.SAMPLE, args.n), **kw)
         summary = {
             "n": runs.n, "delta": runs.delta, "intervals": runs.intervals, "out": outputs[0][1],
             "test_size": runs.test_size, "test_hits": _quantiles(runs.test_hits),
@@ -190,20 +326,31 @@ def sample_summary_path(args: argparse.Namespace) -> str:
 
 def command_files(args: argparse.Namespace) -> List[tuple]:
     """[(option, path)] of the files a command reads or writes, which --log-file must not be."""
+    config = [("config", args.config)] if getattr(args, "config", None) else []
     if args.command == "sample":
-        return [("out", args.out), ("summary", sample_summary_path(args))]
+        return [("out", args.out), ("summary", sample_summary_path(args)), *config]
     if args.command == "certify":
-        return [("out", args.out)] if args.out else []
+        return ([("out", args.out)] if args.out else []) + config
     return [("certificate", args.certificate)]
 
 
+def refuse_to_overwrite_the_config(args: argparse.Namespace, outputs: List[tuple]) -> None:
+    """An output that is the --config file would replace the settings it was made with: refused."""
+    if args.config is None or not os.path.exists(args.config):
+        return
+    for option, path in outputs:
+        if os.path.exists(path) and os.path.samefile(path, args.config):
+            raise CliError(f"{option}: {path} is the same file as config; each file needs its own path")
+
+
 def certify_config_from_args(args: argparse.Namespace) -> CertifyConfig:
-    return CertifyConfig(
-        sample=config_from_args(args), alpha=args.alpha, epsilon=args.epsilon, beta=args.beta, n_verify=args.n_verify,
-        n_train=args.n_train, n_clean=args.n_clean, n_pool=args.n_pool, max_probes=args.max_probes,
-        delta_start=args.delta_start if args.delta_start is not None else CertifyConfig.delta_start, delta_hi=args.delta_hi,
-        rel_tol=args.rel_tol, solver=args.solver.upper(), seed=args.seed,
-    )
+    """The certification --config and the options make, refused before any work when its
+    n_verify cannot reach its epsilon (:func:`barrierkit.pac.check_verify_runs`)."""
+    from .pac import check_verify_runs
+
+    config = config_from_args(args, CertifyConfig)
+    check_verify_runs(config)
+    return config
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
@@ -211,10 +358,14 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from .report import profile_table
 
     config = certify_config_from_args(args)
-    if args.delta_hi is not None and args.delta_start is not None:
+    if args.dump_config:
+        say(dump_config(config).rstrip("\n"))
+        return EXIT_OK
+    if config.delta_hi is not None and config.delta_start != CertifyConfig.delta_start:
         log.warning("--delta-start %g is not used: with --delta-hi the search probes %g first and bisects below it",
-                    args.delta_start, args.delta_hi)
+                    config.delta_start, config.delta_hi)
     outputs = check_outputs([("out", args.out)]) if args.out is not None else []
+    refuse_to_overwrite_the_config(args, outputs)
     with OutputLocks(outputs):
         cert = certify(config, backend=args.backend, device=args.device, progress=_progress(args))
         failure = None
@@ -287,48 +438,48 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
                               description=textwrap.fill(description, width=79), **kw)
 
-    p = command("sample", help="sample N (poisoned) training runs and record their trajectories",
+    many_options = "%(prog)s [options]  (the options are listed below, by group)"
+
+    p = command("sample", help="sample N (poisoned) training runs and record their trajectories", usage=many_options,
                 description="Run N training runs poisoned at budget --delta and record their features "
                             "(a .npz Trajectories file) and a JSON summary. Both files are written together "
-                            "at the end: a failure leaves earlier files as they were.")
-    p.add_argument("--n", type=int, default=1000, help="number of trajectories (default: 1000)")
-    p.add_argument("--delta", type=float, required=True, help="poisoning budget: ||Delta||_p <= delta")
-    p.add_argument("--out", default="trajectories.npz", help="Trajectories file to write (default: trajectories.npz)")
-    p.add_argument("--summary", default=None, help="JSON summary path (default: OUT with .json; must differ from OUT)")
-    p.add_argument("--n-clean", type=int, default=0, help="also run N_c clean runs for g_c and the unsafe fraction (default: 0)")
-    p.add_argument("--alpha", type=float, default=0.05, help="safety threshold on the accuracy drop, in [0, 1] (default: 0.05)")
-    add_sample_options(p)
-    add_common_options(p)
+                            "at the end: a failure leaves earlier files as they were. --config reads the "
+                            "settings of the runs (a SampleConfig) from a TOML file; --n, --delta, --n-clean, "
+                            "--alpha and --seed are options of this command only.")
+    groups = option_groups(p, ("runs to sample",) + tuple(t for t in GROUP_ORDER if t in (CONFIG_FILE, DATA, RECIPE, THREAT,
+                                                                                          FEATURES, LOGGING)))
+    g = groups["runs to sample"]
+    g.add_argument("--n", type=int, default=1000, help="number of trajectories (default: 1000)")
+    g.add_argument("--delta", type=float, default=None, help="poisoning budget: ||Delta||_p <= delta (required)")
+    g.add_argument("--n-clean", type=int, default=0, help="also run N_c clean runs for g_c and the unsafe fraction (default: 0)")
+    add_field_option(g, CertifyConfig, "alpha")
+    add_field_option(groups[DATA], CertifyConfig, "seed")
+    add_config_file_options(groups, SampleConfig)
+    add_setting_options(groups, SampleConfig)
+    add_execution_options(groups[DATA])
+    g = groups[LOGGING]
+    g.add_argument("--out", default="trajectories.npz", help="Trajectories file to write (default: trajectories.npz)")
+    g.add_argument("--summary", default=None, help="JSON summary path (default: OUT with .json; must differ from OUT)")
+    add_logging_options(g)
     p.set_defaults(func=cmd_sample)
 
-    p = command("certify", help="search the largest certified poisoning budget and write a Certificate",
+    p = command("certify", help="search the largest certified poisoning budget and write a Certificate", usage=many_options,
                 description="Bisect over the budget delta; at each probe sample fresh poisoned runs, fit a "
                             "neural barrier certificate on a training split and verify it with a scenario "
                             "convex program on a verification split (PAC: confidence 1 - beta, violation "
                             "level epsilon). Prints the report; writes the JSON certificate to --out. The "
-                            "result holds only for the named sampling attack (--attack).")
-    g = p.add_argument_group("certificate")
-    g.add_argument("--alpha", type=float, default=0.05, help="unsafe when the accuracy drop G = g_c - g exceeds alpha (default: 0.05)")
-    g.add_argument("--epsilon", type=float, default=0.02, help="largest acceptable violation level (default: 0.02)")
-    g.add_argument("--beta", type=float, default=1e-4, help="1 - confidence, split over the probes (default: 1e-4)")
-    g.add_argument("--n-verify", type=int, default=2000, help="verification runs per probe, N_v (default: 2000)")
-    g.add_argument("--n-train", type=int, default=500, help="training-split runs per probe (fit the barrier) (default: 500)")
-    g.add_argument("--n-clean", type=int, default=200, help="clean runs for g_c (default: 200)")
-    g.add_argument("--n-pool", type=int, default=200, help="heavily poisoned runs for the unsafe pool (default: 200)")
-    g.add_argument("--max-probes", type=int, default=8, help="K_max, probes in the search (beta is split over them) (default: 8)")
-    g.add_argument("--delta-start", type=float, default=None,
-                   help="first probe when bracketing by doubling (default: "
-                        f"{CertifyConfig.delta_start}; not used with --delta-hi)")
-    g.add_argument("--delta-hi", type=float, default=None,
-                   help="upper end of the search: probed first, then bisected below (default: bracket by doubling)")
-    g.add_argument("--rel-tol", type=float, default=0.05, help="stop bisecting at this relative bracket width (default: 0.05)")
-    g.add_argument("--solver", default="CLARABEL", help="CLARABEL (default), OSQP (re-checked, falls back) or HIGHS (LP)")
+                            "result holds only for the named sampling attack (--attack). Every setting of "
+                            "the certification has an option below and a key in a --config file.")
+    groups = option_groups(p, GROUP_ORDER)
+    add_config_file_options(groups, CertifyConfig)
+    add_setting_options(groups, CertifyConfig)
+    add_execution_options(groups[DATA])
+    g = groups[LOGGING]
     g.add_argument("--out", default=None, help="write the JSON certificate here (owner-only permissions; locked while "
                                                "this run works toward it; default: nothing is saved)")
     g.add_argument("--profile", action="store_true",
                    help="after the report, print where the time went, stage by stage (seconds, share, trajectory-steps/s)")
-    add_sample_options(p)
-    add_common_options(p)
+    add_logging_options(g)
     p.set_defaults(func=cmd_certify)
 
     p = command("verify", help="re-derive a saved certificate; --replay re-runs its runs",
@@ -343,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "about as long as the certification's sampling. Reports the first mismatch.")
     p.add_argument("certificate", help="certificate JSON written by barrierkit certify --out")
     p.add_argument("--replay", action="store_true", help="also re-run every run of the certificate (slow; see above)")
-    add_common_options(p)
+    add_logging_options(p.add_argument_group(LOGGING))
     p.set_defaults(func=cmd_verify)
 
     p = command("report", help="print the plain-text report of a saved certificate",
@@ -352,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the certificate does not mean. The document is checked as 'verify' checks it "
                             "first; a document that fails is refused the same way.")
     p.add_argument("certificate", help="certificate JSON")
-    add_common_options(p)
+    add_logging_options(p.add_argument_group(LOGGING))
     p.set_defaults(func=cmd_report)
     return parser
 

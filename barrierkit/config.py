@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
+
+SEED_LIMIT = 2**63
+"""Seeds are non-negative and fit a signed 64-bit integer."""
 
 NORMS = ("inf", "2")
 ATTACKS = ("uniform", "sign", "gradient")
@@ -23,12 +29,76 @@ ATTACK_DESCRIPTIONS = {
 DTYPES = ("float32", "float64")
 
 
+def setting(default: Any, doc: str, *, unset: str = "") -> Any:
+    """A dataclass field with its one-line help stated beside it, once: the command line's
+    options and help, and the configuration files, are all derived from the fields. ``unset``
+    says what a default of None means."""
+    return field(default=default, metadata={"help": doc, "unset": unset})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One leaf value of a configuration: where it lives (``path`` of field names from the top
+    configuration), its resolved type, its default and its help."""
+
+    path: Tuple[str, ...]
+    kind: Any
+    default: Any
+    help: str
+    unset: str
+
+    @property
+    def key(self) -> str:
+        """The dotted name, e.g. ``sample.recipe.lr``."""
+        return ".".join(self.path)
+
+
+def field_types(cls: type) -> Dict[str, Any]:
+    """The resolved annotation of each field of the configuration dataclass ``cls``."""
+    return typing.get_type_hints(cls)
+
+
+def nested_config(kind: Any) -> type | None:
+    """The configuration dataclass a field of type ``kind`` holds (a table of settings), if any:
+    the type itself or a member of its union (``BarrierConfig | Dict[str, Any] | None``)."""
+    for member in (kind, *typing.get_args(kind)):
+        if isinstance(member, type) and dataclasses.is_dataclass(member):
+            return member
+    return None
+
+
+def given_type(kind: Any) -> Any:
+    """The type of a value given for a field of type ``kind``: ``float`` for ``float | None``
+    (None is the value left out), ``kind`` itself otherwise."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        members = [member for member in typing.get_args(kind) if member is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return kind
+
+
+def settings(cls: type, prefix: Tuple[str, ...] = ()) -> List[Setting]:
+    """Every leaf setting of the configuration dataclass ``cls``, nested tables flattened in
+    field order."""
+    found: List[Setting] = []
+    kinds = field_types(cls)
+    for f in dataclasses.fields(cls):
+        table = nested_config(kinds[f.name])
+        if table is not None:
+            found += settings(table, (*prefix, f.name))
+        else:
+            found.append(Setting((*prefix, f.name), kinds[f.name], f.default, f.metadata.get("help", ""),
+                                 f.metadata.get("unset", "")))
+    return found
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
     def __init__(self, field_name: str, message: str):
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
+        self.message = message
 
 
 def _check(cond: bool, field_name: str, message: str) -> None:
@@ -37,7 +107,19 @@ def _check(cond: bool, field_name: str, message: str) -> None:
 
 
 def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _plain(config: Any) -> None:
+    """Replace numpy (or other) integer and real scalars in ``config``'s fields by Python int and
+    float, so that a config built from numpy values compares, hashes and serialises like any other."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            continue
+        plain = int(value) if isinstance(value, numbers.Integral) else float(value)
+        if type(value) is not type(plain):
+            object.__setattr__(config, f.name, plain)
 
 
 def _norm_name(norm: Any) -> str:
@@ -47,21 +129,32 @@ def _norm_name(norm: Any) -> str:
 
 
 def _positive_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+    return _int(x) and x >= 1
+
+
+def _int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _seed(x: Any) -> bool:
+    return _int(x) and 0 <= x < SEED_LIMIT
 
 
 @dataclass(frozen=True)
 class ThreatModel:
     """Training-time poisoning: each point poisoned w.p. ``rho``; ||Delta||_p <= delta; x in domain."""
 
-    norm: str = "inf"
-    rho: float = 0.5
-    domain: Tuple[float, float] = (0.0, 1.0)
+    norm: str = setting("inf", "perturbation norm: inf or 2")
+    rho: float = setting(0.5, "probability that a training point is poisoned")
+    domain: Tuple[float, float] = setting((0.0, 1.0), "input domain LOW,HIGH: a poisoned point is projected back into it")
 
     def __post_init__(self) -> None:
+        _plain(self)
         object.__setattr__(self, "norm", _norm_name(self.norm))
         _check(self.norm in NORMS, "norm", f"must be one of {NORMS}, got {self.norm!r}")
         _check(_finite(self.rho) and 0.0 <= self.rho <= 1.0, "rho", f"must be in [0, 1], got {self.rho!r}")
+        _check(isinstance(self.domain, (tuple, list)) and len(self.domain) == 2, "domain",
+               f"must be (low, high), got {self.domain!r}")
         lo, hi = self.domain
         _check(_finite(lo) and _finite(hi) and lo < hi, "domain", f"must be (low, high) with low < high, got {self.domain!r}")
         object.__setattr__(self, "domain", (float(lo), float(hi)))
@@ -75,16 +168,19 @@ class SamplingAttack:
     probability, which makes the attack random rather than one fixed perturbation of the data.
     """
 
-    kind: str = "gradient"
-    sign_noise: float = 0.0
-    reference_seed: int = 0
+    kind: str = setting("gradient", "sampling attack A_δ, what a poisoned point gets: "
+                                    + "; ".join(f"{name}: {text}" for name, text in ATTACK_DESCRIPTIONS.items()))
+    sign_noise: float = setting(0.0, "gradient attack only: probability that a poisoned point's direction is flipped (the "
+                                     "attack then draws random perturbations instead of one fixed one per point)")
+    reference_seed: int = setting(0, "gradient attack only: seed of its clean reference model")
 
     def __post_init__(self) -> None:
+        _plain(self)
         _check(self.kind in ATTACKS, "attack", f"must be one of {ATTACKS}, got {self.kind!r}")
         _check(_finite(self.sign_noise) and 0.0 <= self.sign_noise <= 1.0, "sign_noise", f"must be in [0, 1], got {self.sign_noise!r}")
         _check(self.sign_noise == 0.0 or self.kind == "gradient", "sign_noise",
                f"applies to the gradient attack only (attack is {self.kind!r}); leave it at 0")
-        _check(isinstance(self.reference_seed, int) and 0 <= self.reference_seed < 2**63, "reference_seed", "must be an int in [0, 2**63)")
+        _check(_seed(self.reference_seed), "reference_seed", "must be an int in [0, 2**63)")
 
 
 @dataclass(frozen=True)
@@ -100,15 +196,16 @@ class TrainRecipe:
     certified with K = 10 (eta_check = -0.038) and missed by 0.0035 with K = 50 (2000 runs each).
     """
 
-    steps: int = 400
-    batch: int = 32
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    record_every: int = 40
-    dtype: str = "float32"
+    steps: int = setting(400, "SGD steps T per run")
+    batch: int = setting(32, "minibatch size")
+    lr: float = setting(0.1, "learning rate")
+    momentum: float = setting(0.0, "SGD momentum, in [0, 1)")
+    weight_decay: float = setting(0.0, "L2 weight decay")
+    record_every: int = setting(40, "record the features every r steps; K = T/r intervals")
+    dtype: str = setting("float32", "training precision: float32 or float64")
 
     def __post_init__(self) -> None:
+        _plain(self)
         _check(_positive_int(self.steps), "steps", f"must be an int >= 1, got {self.steps!r}")
         _check(_positive_int(self.batch), "batch", f"must be an int >= 1, got {self.batch!r}")
         _check(_finite(self.lr) and self.lr > 0, "lr", f"must be a finite number > 0, got {self.lr!r}")
@@ -128,26 +225,28 @@ class TrainRecipe:
 class ModelSpec:
     """MLP family: ``hidden`` widths of 1 or 2 ReLU layers (input and classes come from the data)."""
 
-    hidden: Tuple[int, ...] = (32,)
+    hidden: Tuple[int, ...] = setting((32,), "hidden widths of the MLP, e.g. 32 or 64,32")
 
     def __post_init__(self) -> None:
+        _plain(self)
         hidden = tuple(self.hidden)
         _check(1 <= len(hidden) <= 2 and all(_positive_int(h) for h in hidden), "hidden", f"must be 1 or 2 positive ints, got {self.hidden!r}")
-        object.__setattr__(self, "hidden", hidden)
+        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
     """The feature map phi: random projection of theta (``projection_dim``) + probe loss/acc + drift."""
 
-    projection_dim: int = 8
-    probe_size: int = 128
-    seed: int = 0
+    projection_dim: int = setting(8, "entries of φ that are a seeded random projection of the weights θ")
+    probe_size: int = setting(128, "clean training points whose loss and accuracy φ records")
+    seed: int = setting(0, "seed of the projection and of the choice of probe points")
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.projection_dim, int) and self.projection_dim >= 0, "projection_dim", "must be an int >= 0")
+        _plain(self)
+        _check(_int(self.projection_dim) and self.projection_dim >= 0, "projection_dim", "must be an int >= 0")
         _check(_positive_int(self.probe_size), "probe_size", f"must be an int >= 1, got {self.probe_size!r}")
-        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "feature seed", "must be an int in [0, 2**63)")
+        _check(_seed(self.seed), "feature seed", "must be an int in [0, 2**63)")
 
     @property
     def dim(self) -> int:
@@ -162,15 +261,18 @@ class SampleConfig:
     on it); unset, it is 2048 MB on the CPU and half the free memory of a CUDA device.
     """
 
-    dataset: str = "digits"
+    dataset: str = setting("digits", "digits (embedded), synthetic (64-d) or synthetic-mnist (784-d)")
     model: ModelSpec = field(default_factory=ModelSpec)
     recipe: TrainRecipe = field(default_factory=TrainRecipe)
     threat: ThreatModel = field(default_factory=ThreatModel)
     attack: SamplingAttack = field(default_factory=SamplingAttack)
     features: FeatureSpec = field(default_factory=FeatureSpec)
-    memory_budget_mb: float | None = None
+    memory_budget_mb: float | None = setting(None, "memory budget in MB that sizes the chunks of runs trained at once; "
+                                                   "results do not depend on it",
+                                             unset="2048 on the CPU, half the free memory of a CUDA device")
 
     def __post_init__(self) -> None:
+        _plain(self)
         _check(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "must be a dataset name")
         _check(self.memory_budget_mb is None or (_finite(self.memory_budget_mb) and self.memory_budget_mb > 0),
                "memory_budget_mb", f"must be a number > 0 (or unset: automatic), got {self.memory_budget_mb!r}")
@@ -180,16 +282,12 @@ class SampleConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "SampleConfig":
-        d = dict(d)
-        return cls(
-            dataset=d.get("dataset", "digits"),
-            model=ModelSpec(**{**d.get("model", {}), "hidden": tuple(d.get("model", {}).get("hidden", (32,)))}),
-            recipe=TrainRecipe(**d.get("recipe", {})),
-            threat=ThreatModel(**{**d.get("threat", {}), "domain": tuple(d.get("threat", {}).get("domain", (0.0, 1.0)))}),
-            attack=SamplingAttack(**d.get("attack", {})),
-            features=FeatureSpec(**d.get("features", {})),
-            memory_budget_mb=d.get("memory_budget_mb"),
-        )
+        """The inverse of :meth:`to_dict`; a missing key takes its field's default (an unknown
+        key is a TypeError)."""
+        kinds = field_types(cls)
+        parts = {name: nested_config(kinds[name])(**value) for name, value in d.items()
+                 if nested_config(kinds.get(name)) is not None}
+        return cls(**{**d, **parts})
 
 
 def check_delta(delta: Any) -> float:
@@ -209,7 +307,42 @@ def check_count(n: Any, field_name: str = "n") -> int:
     return int(n)
 
 
-SOLVER_NAMES = ("CLARABEL", "OSQP", "HIGHS")
+SOLVERS = ("CLARABEL", "OSQP", "HIGHS")
+"""The convex solvers the scenario program accepts (HIGHS for the LP, mu = 0, only)."""
+
+
+def decision_variables(out_dim: int, mu: float) -> int:
+    """d of the scenario program, the number the PAC bounds depend on: w (``out_dim`` entries),
+    gamma, c and eta, plus one epigraph variable for the quadratic objective when mu > 0."""
+    return int(out_dim) + 3 + (1 if mu > 0 else 0)
+
+
+@dataclass(frozen=True)
+class BarrierConfig:
+    """Hyper-parameters of the barrier fit (:func:`barrierkit.barrier.fit_barrier`)."""
+
+    width: int = setting(32, "hidden units of the barrier's trunk")
+    out_dim: int = setting(8, "m, the trunk's outputs: each is one decision variable in the PAC bound")
+    epochs: int = setting(300, "full-batch Adam steps of the fit")
+    lr: float = setting(1e-2, "initial learning rate of the fit, cosine-annealed to lr × final_lr_fraction")
+    final_lr_fraction: float = setting(0.01, "final learning rate of the fit, as a fraction of lr, in (0, 1]")
+    margin: float = setting(0.05, "hinge margin, in units of the gap λ − γ = 1 (C3: of K × increment)")
+    kappa: float = setting(0.1, "C4 slack: K·c ≤ 1 − kappa (a certification's kappa; CertifyConfig checks they agree)")
+    weight_decay: float = setting(1e-4, "L2 penalty on the trunk's weight matrices and w (not biases, γ, c)")
+    seed: int = setting(0, "seed of the trunk's initialisation")
+
+    def __post_init__(self) -> None:
+        _plain(self)
+        for name in ("width", "out_dim", "epochs"):
+            _check(_positive_int(getattr(self, name)), f"BarrierConfig.{name}", f"must be an integer >= 1, got {getattr(self, name)!r}")
+        _check(_seed(self.seed), "BarrierConfig.seed", f"must be an integer in [0, 2**63), got {self.seed!r}")
+        for name, low_open in (("lr", True), ("margin", False), ("weight_decay", False)):
+            value = getattr(self, name)
+            _check(_finite(value) and value >= 0 and not (low_open and value == 0), f"BarrierConfig.{name}",
+                   f"must be a finite number {'> 0' if low_open else '>= 0'}, got {value!r}")
+        _check(_finite(self.final_lr_fraction) and 0 < self.final_lr_fraction <= 1, "BarrierConfig.final_lr_fraction",
+               f"must lie in (0, 1], got {self.final_lr_fraction!r}")
+        _check(_finite(self.kappa) and 0 < self.kappa < 1, "BarrierConfig.kappa", f"must lie in (0, 1), got {self.kappa!r}")
 
 
 @dataclass(frozen=True)
@@ -218,43 +351,46 @@ class CertifyConfig:
 
     The unsafe pool comes from ``n_pool`` runs poisoned more heavily than any probe (fraction
     ``pool_rho``, budget ``pool_delta``, default the largest the domain admits).
-    ``epsilon`` is the largest violation level the user accepts; construction checks that
-    ``n_verify`` verification runs reach it at confidence 1 - beta/max_probes with the barrier's
-    d decision variables (the error names the N needed). ``barrier`` holds the trunk's settings
-    (a :class:`barrierkit.barrier.BarrierConfig`; default when None).
+    ``epsilon`` is the largest violation level the user accepts; ``n_verify`` verification runs
+    must reach it at confidence 1 - beta/max_probes with the barrier's d decision variables.
+    Construction does not check that: :func:`barrierkit.pac.check_verify_runs` does (naming the
+    N needed), and ``certify`` and the command line call it before any work. ``barrier`` holds
+    the trunk's settings (a :class:`BarrierConfig` or its dict; default when None); ``kappa`` is
+    one value for the fit and the scenario program, so a barrier given with another kappa is
+    refused.
     """
 
     sample: SampleConfig = field(default_factory=SampleConfig)
-    alpha: float = 0.05
-    epsilon: float = 0.02
-    beta: float = 1e-4
-    n_verify: int = 2000
-    n_train: int = 500
-    n_clean: int = 200
-    n_pool: int = 200
-    pool_delta: float | None = None
-    pool_rho: float = 1.0
-    max_probes: int = 8
-    delta_start: float = 0.05
-    delta_hi: float | None = None
-    rel_tol: float = 0.05
-    kappa: float = 0.1
-    tau: float = 1e-7
-    mu: float = 1e-3
-    w_bound: float = 100.0
-    solver: str = "CLARABEL"
-    seed: int = 0
-    barrier: Any = None
+    alpha: float = setting(0.05, "a run is unsafe when its accuracy drop G = g_c − g exceeds alpha, in [0, 1]")
+    epsilon: float = setting(0.02, "largest acceptable violation level ε, in (0, 1)")
+    beta: float = setting(1e-4, "1 − confidence, split over the probes")
+    n_verify: int = setting(2000, "verification runs per probe, N_v")
+    n_train: int = setting(500, "training-split runs per probe (they fit the barrier)")
+    n_clean: int = setting(200, "clean runs, whose median test accuracy is g_c")
+    n_pool: int = setting(200, "heavily poisoned runs for the unsafe pool")
+    pool_delta: float | None = setting(None, "budget of the unsafe pool's runs (never above the largest budget the "
+                                             "domain admits)", unset="that largest budget")
+    pool_rho: float = setting(1.0, "probability that a training point of a pool run is poisoned, in (0, 1]")
+    max_probes: int = setting(8, "K_max, probes in the search (beta is split over them)")
+    delta_start: float = setting(0.05, "first probe when bracketing by doubling (not used when delta_hi is set)")
+    delta_hi: float | None = setting(None, "upper end of the search: probed first, then bisected below",
+                                     unset="bracket by doubling from delta_start")
+    rel_tol: float = setting(0.05, "stop bisecting at this bracket width relative to its upper end, in (0, 1)")
+    kappa: float = setting(0.1, "C4 slack, K·c ≤ 1 − kappa, in (0, 1): one value for the barrier fit and the scenario "
+                                "program")
+    tau: float = setting(1e-7, "a probe certifies only when the float64 re-check gives η < −tau")
+    mu: float = setting(1e-3, "proximal weight (mu/2)‖w − w0‖² of the scenario program; 0 makes it an LP")
+    w_bound: float = setting(100.0, "bound W on the scenario program's weights: ‖w‖∞ ≤ W")
+    solver: str = setting("CLARABEL", "CLARABEL, OSQP (re-checked, falls back) or HIGHS (LP only: needs mu = 0)")
+    seed: int = setting(0, "master seed; every run's seeds derive from it")
+    barrier: BarrierConfig | Dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        from .barrier import BarrierConfig
-        from .pac import n_min
-
-        if self.barrier is None:
-            object.__setattr__(self, "barrier", BarrierConfig(kappa=self.kappa))
-        elif isinstance(self.barrier, dict):
-            object.__setattr__(self, "barrier", BarrierConfig(**self.barrier))
-        _check(isinstance(self.barrier, BarrierConfig), "barrier", "must be a BarrierConfig")
+        _plain(self)
+        _check(self.barrier is None or isinstance(self.barrier, (BarrierConfig, dict)), "barrier",
+               f"must be a BarrierConfig (or its dict), got {type(self.barrier).__name__}")
+        if not isinstance(self.barrier, BarrierConfig):
+            object.__setattr__(self, "barrier", BarrierConfig(**{"kappa": self.kappa, **(self.barrier or {})}))
         check_alpha(self.alpha)
         _check(_finite(self.epsilon) and 0.0 < self.epsilon < 1.0, "epsilon", f"must be in (0, 1), got {self.epsilon!r}")
         _check(_finite(self.beta) and 0.0 < self.beta < 1.0, "beta", f"must be in (0, 1), got {self.beta!r}")
@@ -270,19 +406,17 @@ class CertifyConfig:
             _check(v is None or (_finite(v) and v > 0), name, f"must be a finite number > 0 (or unset), got {v!r}")
         _check(_finite(self.pool_rho) and 0.0 < self.pool_rho <= 1.0, "pool_rho", f"must be in (0, 1], got {self.pool_rho!r}")
         _check(_finite(self.kappa) and 0.0 < self.kappa < 1.0, "kappa", f"must be in (0, 1), got {self.kappa!r}")
+        _check(self.barrier.kappa == self.kappa, "kappa",
+               f"is {self.kappa!r} but barrier.kappa is {self.barrier.kappa!r}: the fit and the scenario program share one kappa")
         _check(_finite(self.mu) and self.mu >= 0, "mu", f"must be >= 0, got {self.mu!r}")
-        _check(self.solver in SOLVER_NAMES, "solver", f"must be one of {SOLVER_NAMES}, got {self.solver!r}")
+        _check(self.solver in SOLVERS, "solver", f"must be one of {SOLVERS}, got {self.solver!r}")
         _check(self.solver != "HIGHS" or self.mu == 0, "solver", "HIGHS solves LPs only: set mu = 0")
-        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "must be an int in [0, 2**63)")
-        needed = n_min(self.epsilon, self.decision_variables, self.beta_per_probe)
-        _check(self.n_verify >= needed, "n_verify",
-               f"{self.n_verify} verification runs cannot reach epsilon={self.epsilon:g} at beta={self.beta:g} "
-               f"split over {self.max_probes} probes with d={self.decision_variables}: need N_v >= {needed}")
+        _check(_seed(self.seed), "seed", "must be an int in [0, 2**63)")
 
     @property
     def decision_variables(self) -> int:
-        """d: w (m), gamma, c, eta, plus one epigraph variable when mu > 0."""
-        return self.barrier.out_dim + 3 + (1 if self.mu > 0 else 0)
+        """d of every probe's scenario program (:func:`decision_variables`)."""
+        return decision_variables(self.barrier.out_dim, self.mu)
 
     def pool_budget(self, budget_max: float) -> float:
         """The heavy-poison pool's budget: ``pool_delta`` (default the largest admissible budget),

@@ -6,10 +6,12 @@ carries a content hash that certificates record, so a result names exactly the d
 from __future__ import annotations
 
 import hashlib
+import numbers
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
+import torch
 
 from .config import ConfigError
 from .rng import Stream, bits_numpy, normal_pair_numpy, uniform_from_bits_numpy
@@ -31,6 +33,12 @@ class Dataset:
     domain: Tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
+        for name in ("x_train", "y_train", "x_test", "y_test"):
+            object.__setattr__(self, name, _host_array(getattr(self, name), name))
+        if isinstance(self.n_classes, numbers.Integral) and not isinstance(self.n_classes, bool):
+            object.__setattr__(self, "n_classes", int(self.n_classes))
+        else:
+            raise ConfigError("n_classes", f"must be an int, got {self.n_classes!r}")
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
@@ -63,6 +71,15 @@ class Dataset:
             h.update(arr.tobytes())
         h.update(str(self.n_classes).encode())
         return h.hexdigest()
+
+
+def _host_array(a: Any, name: str) -> Any:
+    """A torch tensor (on any device) as a numpy array; anything else unchanged (checked after)."""
+    if isinstance(a, torch.Tensor):
+        if a.is_complex() or a.dtype == torch.bool:
+            raise ConfigError(name, f"must be a real or integer array, got a {a.dtype} tensor")
+        return a.detach().cpu().numpy().copy()
+    return a
 
 
 def load_digits() -> Dataset:
@@ -126,13 +143,32 @@ and 300/300 runs at delta <= 0.06 (gradient attack, rho 0.5, l_inf) and 100/100 
 reach 1.0; at 0.14 10 % and at 0.2 91 % of runs drop by more than alpha = 0.05."""
 
 
+_REGISTERED: Dict[str, Dataset] = {}
+BUILT_IN = ("digits", "synthetic", "synthetic-mnist")
+
+
+def register_dataset(data: Dataset) -> None:
+    """Make ``data`` resolvable by its name in this process, so a certification can name it
+    (``SampleConfig(dataset=data.name)``) and verify can reload it and check its content hash."""
+    if not isinstance(data, Dataset):
+        raise ConfigError("data", f"must be a Dataset, got {type(data).__name__}")
+    if data.name in BUILT_IN:
+        raise ConfigError("name", f"{data.name!r} is a built-in dataset; give yours another name")
+    _REGISTERED[data.name] = data
+
+
 def get_dataset(name: str) -> Dataset:
-    """Resolve a dataset name: ``digits``, ``synthetic`` (64-d) or ``synthetic-mnist`` (784-d,
-    6000 training points, class means in :data:`SYNTHETIC_MNIST_MEANS`)."""
+    """Resolve a dataset name: one given to :func:`register_dataset`, ``digits``, ``synthetic``
+    (64-d) or ``synthetic-mnist`` (784-d, 6000 training points, class means in
+    :data:`SYNTHETIC_MNIST_MEANS`)."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     if name == "digits":
         return load_digits()
     if name == "synthetic":
         return make_synthetic(n_train=1000, n_test=300, dim=64)
-    if name in ("synthetic-mnist", "mnist-shaped"):
+    if name == "synthetic-mnist":
         return make_synthetic(n_train=6000, n_test=1000, dim=784, **SYNTHETIC_MNIST_MEANS)
-    raise ConfigError("dataset", f"unknown dataset {name!r}; known: digits, synthetic, synthetic-mnist")
+    known = ", ".join([*BUILT_IN, *sorted(_REGISTERED)])
+    raise ConfigError("dataset", f"unknown dataset {name!r}; known: {known} (register your own with "
+                                 "barrierkit.data.register_dataset)")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from typing import Optional
@@ -18,42 +16,25 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import __version__
+from .environment import physical_memory_bytes, versions
 from .attacks import gradient_directions
-from .backends import StepProblem, TrainState, feature_map, get_backend, resolve
-from .config import ConfigError, SampleConfig, check_count, check_delta
+from .backends import Backend, StepProblem, TrainState, resolve, torch_dtype
+from .config import SEED_LIMIT, ConfigError, SampleConfig, check_delta
 from .data import Dataset, get_dataset
 from .features import feature_names
 from .labels import hits_from_accuracy, name_runs
 from .models import MLPShape, flatten, init_params
-from .poison import PoisonSpec
-from .rng import SEED_LIMIT, derive_seeds
-from .schedule import Schedule
+from .rng import Purpose, trajectory_seeds
 from .trajectories import SEED_COLUMNS, Trajectories
 
 DIVERGING_DRIFT = 1e6  # ||theta - theta(0)|| beyond this is an exploding run (initial ||theta|| is O(10))
 log = logging.getLogger("barrierkit")
 
-# Seed families: trajectory seeds are derived as derive_seeds(master, 3 * purpose + column).
-PURPOSE_CLEAN = 1
-PURPOSE_SAMPLE = 2
-
-
-def trajectory_seeds(master_seed: int, purpose: int, count: int, start: int = 0) -> np.ndarray:
-    """[count, 3] int64 seeds (init, poison, schedule) for trajectories start..start+count-1."""
-    check_count(count, "n")
-    cols = [derive_seeds(master_seed, 3 * purpose + j, start, count) for j in range(3)]
-    return np.stack(cols, axis=1).astype(np.int64)
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "float64": torch.float64}[name]
-
 
 def bytes_per_trajectory(config: SampleConfig, data: Dataset) -> int:
     """A generous estimate of the working memory one trajectory needs during training."""
     shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
-    item = 4 if config.recipe.dtype == "float32" else 8
+    item = torch_dtype(config.recipe.dtype).itemsize
     d = shape.param_count
     b = config.recipe.batch
     activations = b * sum(shape.widths) * item * 4
@@ -87,14 +68,6 @@ def result_bytes(config: SampleConfig, n: int) -> int:
     return int(n) * ((config.recipe.intervals + 1) * config.features.dim * 8 + 6 * 8)
 
 
-def physical_memory_bytes() -> Optional[int]:
-    """The machine's physical memory, or None where the OS does not say."""
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def check_memory(config: SampleConfig, n: int, field_name: str = "n") -> None:
     """Refuse, before any work, a number of runs whose recorded results alone exceed the
     machine's memory (a ConfigError naming ``field_name`` instead of a MemoryError later)."""
@@ -125,13 +98,16 @@ def sample(
     seeds: np.ndarray,
     *,
     data: Optional[Dataset] = None,
-    backend: str = "torch",
+    backend: str | Backend = "torch",
     device: str | torch.device = "cpu",
     chunk: Optional[int] = None,
     progress: Optional[bool] = None,
     description: str = "sampling",
 ) -> Trajectories:
-    """Run one training trajectory per row of ``seeds`` at budget ``delta``; record phi and g."""
+    """Run one training trajectory per row of ``seeds`` at budget ``delta``; record phi and g.
+
+    ``backend`` is a record from :func:`barrierkit.backends.resolve` or a name resolved here; the
+    steps it handed to the torch reference are listed in the result's ``meta["fallbacks"]``."""
     delta = check_delta(delta)
     seeds = _validate_seeds(seeds)
     check_memory(config, seeds.shape[0])
@@ -139,11 +115,10 @@ def sample(
     if config.recipe.batch > data.x_train.shape[0]:
         raise ConfigError("batch", f"must be <= the number of training points ({data.x_train.shape[0]})")
     device = torch.device(device)
-    backend = resolve(backend, device, data.input_dim, config.model.hidden, config.recipe.batch, config.recipe.dtype)
-    step_fn = get_backend(backend)
+    backend = resolve(backend, device, config.recipe.dtype)
     n = seeds.shape[0]
     recipe = config.recipe
-    dtype = _torch_dtype(recipe.dtype)
+    dtype = torch_dtype(recipe.dtype)
     shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
     poisoning = delta > 0 and config.threat.rho > 0
     directions = None
@@ -156,13 +131,14 @@ def sample(
     y_train = torch.as_tensor(data.y_train, device=device)
     x_test = torch.as_tensor(data.x_test, dtype=torch.float64, device=device)
     y_test = torch.as_tensor(data.y_test, device=device)
-    fmap = feature_map(backend, config.features, shape, data, device)
+    fmap = backend.feature_map(config.features, shape, data, device=device)
     K, r = recipe.intervals, recipe.record_every
     features = np.empty((n, K + 1, fmap.dim), dtype=np.float64)
     test_acc = np.empty(n, dtype=np.float64)
     fraction = np.zeros(n, dtype=np.float64)
     size = chunk or chunk_size(config, data, n, device)
     timings = {"reference_s": t_reference, "train_s": 0.0, "features_s": 0.0, "eval_s": 0.0}
+    fallbacks: set = set()
 
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm.auto import tqdm
@@ -177,20 +153,14 @@ def sample(
             theta0 = flatten(params).to(torch.float64)
             features[lo:hi, 0] = fmap(params, theta0).cpu().numpy()
             timings["features_s"] += time.perf_counter() - tic
-            poison = PoisonSpec(
-                seeds=s[:, 1], rho=config.threat.rho, delta=delta, norm=config.threat.norm, kind=config.attack.kind,
-                domain=config.threat.domain, sign_noise=config.attack.sign_noise, directions=directions,
-            ).with_point_draws(data.x_train.shape[0])
-            fraction[lo:hi] = poison.point_mask.to(torch.float64).mean(dim=1).cpu().numpy()
-            problem = StepProblem(
-                x_train=x_train, y_train=y_train, schedule=Schedule(s[:, 2], data.x_train.shape[0], recipe.batch),
-                poison=poison,
-                lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, dtype=dtype,
-            )
+            problem = StepProblem.from_config(config, x_train, y_train, s, delta, directions)
+            fraction[lo:hi] = problem.poison.point_mask.to(torch.float64).mean(dim=1).cpu().numpy()
             state = TrainState(params)
             for k in range(1, K + 1):
                 tic = time.perf_counter()
-                step_fn(state, problem, (k - 1) * r, k * r)
+                reason = backend.train_segment(state, problem, (k - 1) * r, k * r)
+                if reason is not None:
+                    fallbacks.add(reason)
                 tac = time.perf_counter()
                 features[lo:hi, k] = fmap(state.params, theta0).cpu().numpy()
                 timings["train_s"] += tac - tic
@@ -212,7 +182,8 @@ def sample(
         log.warning("training diverges: parameters moved up to %.3g from their initial values (||theta - theta(0)||); "
                     "the results describe an exploding recipe: lower the learning rate", drift)
     meta = {
-        "config": config.to_dict(), "delta": delta, "backend": backend, "backend_meta": getattr(step_fn, "meta", None), "features_by": fmap.name,
+        "config": config.to_dict(), "delta": delta, "backend": backend.name, "backend_meta": backend.describe(),
+        "fallbacks": sorted(fallbacks), "features_by": fmap.name,
         "device": str(device),
         "dtype": recipe.dtype, "dataset": data.name, "data_hash": data.content_hash, "model_hash": shape.spec_hash,
         "param_count": shape.param_count, "feature_names": feature_names(config.features), "seed_columns": list(SEED_COLUMNS),
@@ -225,30 +196,7 @@ def sample(
 def clean_runs(config: SampleConfig, n_clean: int, master_seed: int, **kwargs) -> Trajectories:
     """``n_clean`` clean runs (delta = 0): their median test hit count defines g_c
     (:meth:`barrierkit.labels.SafetyRule.from_clean_hits`)."""
-    return sample(config, 0.0, trajectory_seeds(master_seed, PURPOSE_CLEAN, n_clean), description="clean runs", **kwargs)
-
-
-def versions() -> dict:
-    """Versions and the machine that define the simulated dynamics and the result. The CPU and
-    torch's vector-kernel capability are recorded because float results (and so a replay) are
-    bit-identical only on the same kind of CPU."""
-    return {
-        "barrierkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "numpy": np.__version__, "platform": platform.platform(), "cpu": cpu_model(),
-        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module says."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return sample(config, 0.0, trajectory_seeds(master_seed, Purpose.CLEAN, n_clean), description="clean runs", **kwargs)
 
 
 __all__ = ["sample", "clean_runs", "trajectory_seeds", "chunk_size", "bytes_per_trajectory", "memory_budget_mb"]

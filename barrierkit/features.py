@@ -1,4 +1,4 @@
-"""The feature map phi recorded at every recorded state (METHOD section 5), in float64.
+"""The feature map phi recorded at every recorded state (docs/METHOD.md §1), in float64.
 
 phi(theta) = [P (theta - theta_bar_0), probe loss, probe accuracy, ||theta - theta(0)||_2] with
 theta_bar_0 = 0 (the mean of the symmetric initialisation) and P a seeded Rademacher matrix

@@ -93,7 +93,7 @@ def training_split_consistency(n_unsafe: int, n: int, epsilon: float, beta: floa
 
 def pool_size(heavy_unsafe: int, earlier: Sequence[Dict[str, Any]], delta: float) -> int:
     """Unsafe pool rows a probe at ``delta`` separates from: every unsafe heavy-poison run plus the
-    unsafe training runs of earlier probes at larger budgets (METHOD section 5)."""
+    unsafe training runs of earlier probes at larger budgets (docs/METHOD.md §11.4)."""
     return int(heavy_unsafe) + sum(int(p["n_unsafe_train"]) for p in earlier if p["delta"] > delta)
 
 

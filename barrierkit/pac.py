@@ -1,4 +1,4 @@
-"""PAC bounds of the scenario approach (METHOD section 7), exact and in float64.
+"""PAC bounds of the scenario approach (docs/METHOD.md §7), exact and in float64.
 
 A scenario convex program with ``d`` scalar decision variables solved on ``n`` i.i.d. scenarios
 has a solution whose violation probability exceeds ``eps`` with probability at most
@@ -20,6 +20,8 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import betaincc, betainccinv, betaincinv, gammaln, logsumexp
 
+from .config import CertifyConfig, ConfigError
+
 __all__ = [
     "PacBound",
     "violation_confidence",
@@ -27,6 +29,7 @@ __all__ = [
     "n_min",
     "epsilon_discarded",
     "epsilon_a_posteriori",
+    "check_verify_runs",
 ]
 
 
@@ -186,3 +189,14 @@ def rate_lower_bound(k: int, n: int, beta: float) -> float:
     if k_ == 0:
         return 0.0
     return float(betaincinv(k_, n_ - k_ + 1, b))
+
+
+def check_verify_runs(config: CertifyConfig) -> None:
+    """Refuse, before any work, a certification whose ``n_verify`` verification runs cannot reach
+    its ``epsilon`` at confidence 1 - beta/max_probes with d decision variables (ConfigError
+    naming ``n_verify`` and the N needed)."""
+    needed = n_min(config.epsilon, config.decision_variables, config.beta_per_probe)
+    if config.n_verify < needed:
+        raise ConfigError("n_verify", f"{config.n_verify} verification runs cannot reach epsilon={config.epsilon:g} at "
+                                      f"beta={config.beta:g} split over {config.max_probes} probes with "
+                                      f"d={config.decision_variables}: need N_v >= {needed}")

@@ -3,7 +3,7 @@
 A probe samples a training split (fits the barrier trunk psi and w0) and a verification split
 that nothing else has seen, both at delta with seeds of their own; labels every run unsafe when
 G = g_c - g > alpha (exactly, on hit counts: barrierkit.labels); solves the scenario program on
-the verification split with psi fixed (METHOD section 6) and attaches the PAC level
+the verification split with psi fixed (docs/METHOD.md §6) and attaches the PAC level
 epsilon(N_v, d, beta / K_max). It also evaluates the direct baseline on the same runs: no
 barrier, the d = 1 scenario bound on the terminal labels of all of this probe's runs (training
 and verification, all i.i.d. draws of A_delta).
@@ -18,10 +18,13 @@ import numpy as np
 import torch
 
 from . import pac
+from .backends import Backend, resolve
+from .backends.triton_gpu import kernel_module
 from .barrier import Barrier, fit_barrier
 from .config import CertifyConfig, SampleConfig
 from .data import Dataset
-from .engine import sample, trajectory_seeds
+from .engine import sample
+from .rng import probe_purpose, trajectory_seeds
 from .labels import SafetyRule
 from .outcomes import (VERDICT_FIELDS, a_posteriori_epsilon, first_unsafe, label_fields, solved_status, training_split_consistency,
                        unsolved_status, witness_record)
@@ -30,23 +33,24 @@ from .trajectories import Trajectories
 
 TIMING_FIELDS = ("sampling_s", "sampling_train_s", "sampling_features_s", "sampling_eval_s", "barrier_s", "scp_s")
 """Where a certification's time goes after the clean runs (a certificate's ``timings`` adds total_s, clean_s)."""
-PURPOSE_POOL = 3
-PURPOSE_PROBE_BASE = 100  # probe j: training split 100 + 2j, verification split 101 + 2j
 
 
 @dataclass
-class CertifyContext:
+class Certification:
     """State shared by the probes of one certification."""
 
     config: CertifyConfig
     data: Dataset
     rule: SafetyRule  # g_c and alpha: decides every label exactly
     pool: List[Tuple[float, np.ndarray]]  # (budget, terminal features [*, k]) of known-unsafe runs
-    backend: str = "torch"
+    backend: Backend | str = "torch"  # a name is resolved once, on construction
     device: str = "cpu"
     progress: Optional[bool] = None
     timings: Dict[str, float] = field(default_factory=lambda: {key: 0.0 for key in TIMING_FIELDS})
     trajectories_sampled: int = 0
+
+    def __post_init__(self) -> None:
+        self.backend = resolve(self.backend, self.device, self.config.sample.recipe.dtype)
 
     def sample(self, delta: float, purpose: int, n: int, description: str,
                sample_config: Optional[SampleConfig] = None) -> Trajectories:
@@ -60,7 +64,7 @@ class CertifyContext:
         return runs
 
     def pool_above(self, delta: float) -> np.ndarray:
-        """Unsafe states from runs at budgets larger than ``delta`` or heavier poisoning (METHOD 5).
+        """Unsafe states from runs at budgets larger than ``delta`` or heavier poisoning (docs/METHOD.md §11.4).
 
         The heavy-poison pool is keyed at budget +inf: it is always heavier than any probe.
 
@@ -77,8 +81,7 @@ def scenario_rows(barrier: Barrier, features: np.ndarray, pool: np.ndarray, devi
     """psi_i(0), the increments, psi_i(K) and psi(pool) in float64: by the fused Triton kernel on
     CUDA (kernels/barrier_eval.py, ~1e-15 relative to numpy), else by ``Barrier.psi``."""
     if torch.device(device).type == "cuda":
-        from .kernels.barrier_eval import barrier_eval
-
+        barrier_eval = kernel_module("barrier_eval").barrier_eval
         args = (barrier.mean, barrier.scale, barrier.layers)
         out = barrier_eval(torch.as_tensor(features, dtype=torch.float64, device=device), *args)
         pool_out = barrier_eval(torch.as_tensor(pool[:, None, :], dtype=torch.float64, device=device), *args)
@@ -89,16 +92,11 @@ def scenario_rows(barrier: Barrier, features: np.ndarray, pool: np.ndarray, devi
             "pool": barrier.psi(pool)}, "numpy"
 
 
-def split_purpose(index: int, split: str) -> int:
-    """The seed family of probe ``index``'s training or verification split."""
-    return PURPOSE_PROBE_BASE + 2 * int(index) + (1 if split == "verify" else 0)
-
-
-def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
+def run_probe(ctx: Certification, delta: float, index: int) -> Dict[str, Any]:
     """Certify, refute or give up on budget ``delta``; the probe's full record (JSON-safe)."""
     cfg = ctx.config
     beta_probe = cfg.beta_per_probe
-    runs = {split: ctx.sample(delta, split_purpose(index, split), cfg.n_train if split == "train" else cfg.n_verify,
+    runs = {split: ctx.sample(delta, probe_purpose(index, split), cfg.n_train if split == "train" else cfg.n_verify,
                               f"probe {index + 1} δ={delta:.4g} {split}") for split in ("train", "verify")}
     train, verify = runs["train"], runs["verify"]
     hits = {split: runs[split].test_hits for split in ("train", "verify")}
@@ -121,7 +119,7 @@ def run_probe(ctx: CertifyContext, delta: float, index: int) -> Dict[str, Any]:
         ctx.pool.append((float(delta), train.features[u_train, -1]))
     pool = ctx.pool_above(delta)
     if u_verify.any() or len(pool) == 0:
-        # no barrier can certify a verification split with an unsafe run (METHOD section 6): the
+        # no barrier can certify a verification split with an unsafe run (docs/METHOD.md §6): the
         # scenario program would return eta* >= kappa/(K+2) > 0, so it is not solved
         status, reason = unsolved_status(n_unsafe_verify=record["n_unsafe_verify"], n_verify=verify.n, alpha=cfg.alpha,
                                          pool_rows=len(pool))

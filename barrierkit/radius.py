@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, List, Optional
 
+from .outcomes import overall_status
+
 Probe = Callable[[float, int], Dict[str, Any]]
 
 
@@ -75,8 +77,8 @@ def radii(probes: List[Dict[str, Any]], budget_max: float, delta_hi: Optional[fl
     (d = 1) bound; delta_fail: the smallest probed budget above delta_cert that did not certify;
     whole_domain: the largest admissible budget certified; capped_by_user: the user's delta_hi
     certified below it, so larger budgets were not searched."""
-    certified = [p["delta"] for p in probes if p["status"] == "CERTIFIED"]
-    cert = max(certified) if certified else None
+    best = overall_status(probes)[2]
+    cert = best["delta"] if best is not None else None
     direct = [p["delta"] for p in probes if p["direct"]["passed"]]
     above = [p["delta"] for p in probes if p["status"] != "CERTIFIED" and (cert is None or p["delta"] > cert)]
     top = min(delta_hi, budget_max) if delta_hi is not None else budget_max

@@ -27,16 +27,18 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .api import pool_sample_config
-from .backends import resolve_device
+from .api import sample_pool
+from .backends import resolve, resolve_device
 from .barrier import Barrier, fit_barrier
 from .config import CertifyConfig
 from .context import radius_context
 from .data import get_dataset
-from .engine import clean_runs, versions
+from .engine import clean_runs
+from .environment import versions
 from .labels import SafetyRule
 from .outcomes import solved_status
-from .probe import PURPOSE_POOL, CertifyContext, scenario_rows, split_purpose
+from .probe import Certification, scenario_rows
+from .rng import probe_purpose
 from .scenario import ScenarioProblem, recheck, solve
 from .trajectories import Trajectories
 from .verify import REL_TOL
@@ -60,11 +62,8 @@ class _Mismatch(Exception):
     pass
 
 
-def _same_hits(where: str, stored: Any, runs: Trajectories, test_size: int) -> None:
-    if runs.test_size != test_size:
-        raise _Mismatch(f"{where}: the replayed runs are evaluated on {runs.test_size} test points, the certificate "
-                        f"labels them as counts over {test_size}")
-    stored, replayed = np.asarray(stored, dtype=np.int64), runs.test_hits
+def _same_hits(where: str, stored: Any, replayed: np.ndarray) -> None:
+    stored, replayed = np.asarray(stored, dtype=np.int64), np.asarray(replayed, dtype=np.int64)
     if stored.shape != replayed.shape:
         raise _Mismatch(f"{where}: {replayed.size} runs replayed, {stored.size} stored")
     off = np.flatnonzero(stored != replayed)
@@ -105,27 +104,27 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
     device = resolve_device(doc["device"])
     strict = _same_machine(doc)
     rule = SafetyRule.from_clean_hits(doc["clean_accuracy"]["hits"], doc["test_size"], cfg.alpha)
-    kw = dict(backend=doc["backend"], device=str(device), progress=progress)
+    kw = dict(backend=resolve(doc["backend"], device, cfg.sample.recipe.dtype), device=str(device), progress=progress)
     log.info("replay: %s runs with backend %s on %s", doc["throughput"]["trajectories"], doc["backend"], device)
     clean = clean_runs(cfg.sample, cfg.n_clean, cfg.seed, data=data, **kw)
-    _same_hits("clean runs", doc["clean_accuracy"]["hits"], clean, rule.test_size)
+    if clean.test_size != rule.test_size:
+        raise _Mismatch(f"clean runs: the replayed runs are evaluated on {clean.test_size} test points, the certificate "
+                        f"labels them as counts over {rule.test_size}")
+    _same_hits("clean runs", doc["clean_accuracy"]["hits"], clean.test_hits)
     log.info("replay: %d clean runs agree [%.1f s]", clean.n, time.perf_counter() - start)
 
-    ctx = CertifyContext(cfg, data, rule, pool=[], **kw)
-    heavy = ctx.sample(doc["pool"]["delta"], PURPOSE_POOL, cfg.n_pool, "replay: unsafe pool", sample_config=pool_sample_config(cfg))
-    _same_hits("unsafe pool", doc["pool"]["hits"], heavy, rule.test_size)
-    heavy_unsafe = rule.unsafe(heavy.test_hits)
-    if heavy_unsafe.any():
-        ctx.pool.append((math.inf, heavy.features[heavy_unsafe, -1]))
-    log.info("replay: %d pool runs agree [%.1f s]", heavy.n, time.perf_counter() - start)
+    ctx = Certification(cfg, data, rule, pool=[], **kw)
+    pool = sample_pool(ctx, doc["pool"]["delta"])
+    _same_hits("unsafe pool", doc["pool"]["hits"], pool["hits"])
+    log.info("replay: %d pool runs agree [%.1f s]", pool["n"], time.perf_counter() - start)
 
     worst = 0.0
     for j, p in enumerate(doc["probes"]):
         tag = f"probe {j + 1} (δ={p['delta']:g})"
-        runs = {split: ctx.sample(p["delta"], split_purpose(j, split), cfg.n_train if split == "train" else cfg.n_verify,
+        runs = {split: ctx.sample(p["delta"], probe_purpose(j, split), cfg.n_train if split == "train" else cfg.n_verify,
                                   f"replay: probe {j + 1} {split}") for split in ("train", "verify")}
         for split, r in runs.items():
-            _same_hits(f"{tag} {split} split", p["hits"][split], r, rule.test_size)
+            _same_hits(f"{tag} {split} split", p["hits"][split], r.test_hits)
         verify_runs = runs["verify"]
         fraction = float(verify_runs.poison_fraction.mean())
         if fraction != p["poison_fraction_mean"]:
@@ -156,7 +155,7 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
     return ReplayResult(True, None, summary, total, worst)
 
 
-def _replay_program(tag: str, p: Dict[str, Any], ctx: CertifyContext, runs: Dict[str, Trajectories], cfg: CertifyConfig,
+def _replay_program(tag: str, p: Dict[str, Any], ctx: Certification, runs: Dict[str, Trajectories], cfg: CertifyConfig,
                     rule: SafetyRule, device, strict: bool) -> float:
     """A solved probe again: the unsafe pool it separated from, its barrier fitted again on the
     replayed training split, its scenario rows from the stored barrier re-checked at the stored

@@ -22,13 +22,14 @@ from typing import Tuple
 import numpy as np
 import torch
 
+from .config import SEED_LIMIT, check_count
+
 PHILOX_M0 = 0xD2511F53
 PHILOX_M1 = 0xCD9E8D57
 PHILOX_W0 = 0x9E3779B9
 PHILOX_W1 = 0xBB67AE85
 PHILOX_ROUNDS = 10
 MASK32 = 0xFFFFFFFF
-SEED_LIMIT = 2**63  # seeds are non-negative and fit a signed 64-bit integer
 
 
 class Stream(enum.IntEnum):
@@ -44,6 +45,30 @@ class Stream(enum.IntEnum):
     PROBE = 8
     DATA = 9
     TEST_UNIFORM = 10
+
+
+class Purpose(enum.IntEnum):
+    """Seed families (the ``purpose`` of :func:`derive_seeds`). Never renumber: results depend on it.
+
+    A trajectory family p derives its init, poison and schedule seeds from purposes 3p, 3p + 1 and
+    3p + 2 of the master seed (:func:`trajectory_seeds`); probe j's training split is family
+    PROBE_BASE + 2j and its verification split PROBE_BASE + 2j + 1. REFERENCE is used directly:
+    the gradient attack's clean reference model draws its init and schedule seeds from purpose
+    REFERENCE of ``attack.reference_seed``.
+    """
+
+    CLEAN = 1  # the clean runs that define g_c
+    SAMPLE = 2  # ``barrierkit sample`` and the engine's own tests and benchmarks
+    POOL = 3  # the heavy-poison unsafe pool
+    PROBE_BASE = 100
+    REFERENCE = 0x5EF
+
+
+def probe_purpose(index: int, split: str) -> int:
+    """The seed family of probe ``index``'s ``train`` or ``verify`` split."""
+    if split not in ("train", "verify"):
+        raise ValueError(f"split: must be 'train' or 'verify', got {split!r}")
+    return Purpose.PROBE_BASE + 2 * int(index) + (1 if split == "verify" else 0)
 
 
 # --------------------------------------------------------------------------- numpy
@@ -187,3 +212,11 @@ def derive_seeds(master_seed: int, purpose: int, start: int, count: int) -> np.n
     idx = np.arange(start, start + count, dtype=np.uint64)
     r0, r1, _, _ = bits_numpy(np.uint64(master_seed), idx, np.uint64(purpose), Stream.DERIVE_SEED)
     return ((r1 << np.uint64(32)) | r0).astype(np.uint64) >> np.uint64(1)
+
+
+def trajectory_seeds(master_seed: int, purpose: int, count: int, start: int = 0) -> np.ndarray:
+    """[count, 3] int64 seeds (init, poison, schedule) for trajectories start..start+count-1 of a
+    family (:class:`Purpose`)."""
+    count = check_count(count, "n")
+    cols = [derive_seeds(master_seed, 3 * int(purpose) + j, start, count) for j in range(3)]
+    return np.stack(cols, axis=1).astype(np.int64)

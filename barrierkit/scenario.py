@@ -1,4 +1,4 @@
-"""The scenario convex program that verifies a barrier (METHOD sections 6 and 10).
+"""The scenario convex program that verifies a barrier (docs/METHOD.md §6 and §9).
 
 Decision vector z = (w in R^m, gamma, c, eta). Every scenario row has the form
 ``value(w, gamma, c) <= eta`` and is stored as one row of a stacked system ``A z <= b``:
@@ -16,7 +16,7 @@ the unsafe trajectories in increasing i, then the P pool rows.
 The verdict is decided only by a float64 re-check of every row at the returned point, never by the
 solver's own eta, and only an OPTIMAL solver status can certify.
 
-Tie-break (ours, METHOD section 7 needs a unique solution): with mu > 0 the optimal (w, eta) is
+Tie-break (ours, docs/METHOD.md §11.2: the PAC bounds of §7 need a unique solution): with mu > 0 the optimal (w, eta) is
 unique, but gamma and c generally are not (c, for instance, can usually be lowered without cost).
 The returned point is made unique lexicographically (Calafiore & Campi 2005, section 4.1): among
 optimal points, first maximise c, then gamma. Given (w*, eta*) both have closed forms,
@@ -35,6 +35,8 @@ import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 
+from .config import SOLVERS, decision_variables
+
 __all__ = [
     "ScenarioProblem",
     "Recheck",
@@ -50,7 +52,6 @@ __all__ = [
     "solve",
 ]
 
-SOLVERS = ("CLARABEL", "OSQP", "HIGHS")
 _F64_UNIT = 2.0**-53  # unit roundoff of float64
 _DUAL_THRESHOLD = 1e-7  # the row duals sum to 1 (d eta), so this is an absolute threshold
 
@@ -119,7 +120,7 @@ class ScenarioProblem:
         return int(self.initial.shape[0])
 
     @property
-    def k(self) -> int:
+    def intervals(self) -> int:
         """Number of recorded intervals K."""
         return int(self.increments.shape[1])
 
@@ -136,13 +137,13 @@ class ScenarioProblem:
     @property
     def n_rows(self) -> int:
         """Number of scenario and pool rows (C4 and the box on w are not counted)."""
-        return self.n * (self.k + 1) + int(self.unsafe.sum()) + int(self.pool.shape[0])
+        return self.n * (self.intervals + 1) + int(self.unsafe.sum()) + int(self.pool.shape[0])
 
     @property
     def d(self) -> int:
         """Scalar decision variables for the PAC bound: w, gamma, c, eta, plus one epigraph
-        variable for the quadratic objective when mu > 0 (conservative; METHOD section 7)."""
-        return self.m + 3 + (1 if self.mu > 0.0 else 0)
+        variable for the quadratic objective when mu > 0 (conservative; docs/METHOD.md §7)."""
+        return decision_variables(self.m, self.mu)
 
 
 def c_max(k: int, kappa: float) -> float:
@@ -158,7 +159,7 @@ def c_max(k: int, kappa: float) -> float:
 
 def row_owner(problem: ScenarioProblem) -> np.ndarray:
     """Trajectory index of every global row; -1 for pool rows."""
-    n, k = problem.n, problem.k
+    n, k = problem.n, problem.intervals
     return np.concatenate([
         np.arange(n), np.repeat(np.arange(n), k), problem.unsafe_index,
         np.full(problem.pool.shape[0], -1),
@@ -224,7 +225,7 @@ def build_rows(problem: ScenarioProblem, rows: Optional[np.ndarray] = None) -> T
 
 @dataclass(frozen=True)
 class Recheck:
-    """Float64 re-evaluation of every row at a point (METHOD section 10)."""
+    """Float64 re-evaluation of every row at a point (docs/METHOD.md §9)."""
 
     w: np.ndarray
     gamma: float
@@ -244,8 +245,8 @@ def recheck(problem: ScenarioProblem, w: np.ndarray, gamma: float, c: float) -> 
     """
     w = np.asarray(w, dtype=np.float64)
     gamma, c = float(gamma), float(c)
-    cm = c_max(problem.k, problem.kappa)
-    clamped = bool(problem.k * c > 1.0 - problem.kappa)
+    cm = c_max(problem.intervals, problem.kappa)
+    clamped = bool(problem.intervals * c > 1.0 - problem.kappa)
     if clamped:
         c = cm
     per, pool_margin = trajectory_margins(problem, w, gamma, c)
@@ -342,7 +343,7 @@ def _solve_rows(problem: ScenarioProblem, rows: np.ndarray, solver: str,
     a, b = build_rows(problem, rows)
     z = cp.Variable(m + 3)
     stacked = a @ z <= b
-    cons = [stacked, problem.k * z[m + 1] <= 1.0 - problem.kappa,
+    cons = [stacked, problem.intervals * z[m + 1] <= 1.0 - problem.kappa,
             z[:m] <= problem.w_bound, z[:m] >= -problem.w_bound]
     obj = z[m + 2]
     if problem.mu > 0.0:
@@ -360,7 +361,7 @@ def _solve_rows(problem: ScenarioProblem, rows: np.ndarray, solver: str,
 
 def _initial_rows(problem: ScenarioProblem, row_mask: np.ndarray) -> np.ndarray:
     """Working set: all C1, C2 and pool rows plus each trajectory's largest C3 row at w0."""
-    n, k = problem.n, problem.k
+    n, k = problem.n, problem.intervals
     w0 = np.clip(problem.w0, -problem.w_bound, problem.w_bound)
     c3 = (problem.increments.reshape(n * k, problem.m) @ w0).reshape(n, k)
     c3_rows = n + np.arange(n) * k + np.argmax(c3, axis=1)
@@ -400,7 +401,7 @@ def _cg(problem: ScenarioProblem, solver: str, opts: Mapping[str, Any], row_mask
 
 def _tie_break(problem: ScenarioProblem, w: np.ndarray, eta: float) -> Tuple[float, float]:
     """Lexicographic tie-break among optima with this (w, eta): largest c, then largest gamma."""
-    c = c_max(problem.k, problem.kappa)
+    c = c_max(problem.intervals, problem.kappa)
     lows = [problem.pool @ w, problem.terminal[problem.unsafe] @ w]
     gamma = float(np.min(np.concatenate(lows))) - 1.0 + eta
     return gamma, c
@@ -458,7 +459,7 @@ def solve(problem: ScenarioProblem, solver: str = "CLARABEL", constraint_generat
     else:
         w = sol.z[:m].copy()
         gamma, c, eta_star = float(sol.z[m]), float(sol.z[m + 1]), float(sol.z[m + 2])
-        c_clamped = bool(problem.k * c > 1.0 - problem.kappa)
+        c_clamped = bool(problem.intervals * c > 1.0 - problem.kappa)
         if tie_break:
             gamma, c = _tie_break(problem, w, eta_star)
     rc = recheck(problem, w, gamma, c)

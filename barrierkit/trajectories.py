@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict, Sequence
+from typing import IO, Any, Dict
 
 import numpy as np
 
@@ -58,12 +59,6 @@ class Trajectories:
         """g(theta(T)) = test_hits / P per trajectory, float64 (safety labels use the counts)."""
         return self.test_hits / self.test_size
 
-    def select(self, index: Sequence[int] | np.ndarray) -> "Trajectories":
-        """The trajectories at ``index`` (a copy)."""
-        ix = np.asarray(index)
-        return Trajectories(self.features[ix], self.test_hits[ix], self.test_size, self.seeds[ix], self.poison_fraction[ix],
-                            self.delta, dict(self.meta))
-
     def write_to(self, fh: IO[bytes]) -> None:
         """The .npz bytes (arrays plus the metadata as a JSON string, no pickle) into ``fh``."""
         np.savez(fh, format=np.array(FORMAT), features=self.features, test_hits=self.test_hits,
@@ -76,30 +71,26 @@ class Trajectories:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Trajectories":
-        """Read a file written by :meth:`save`; another file raises ValueError naming it."""
+        """Read a file written by :meth:`save`; a missing, foreign, old or damaged file raises
+        :class:`TrajectoriesError` naming it."""
         name = os.fspath(path)
         try:
             with np.load(name, allow_pickle=False) as z:
                 if "format" not in z.files or str(z["format"]) != FORMAT:
-                    raise ValueError(f"{name}: not a {FORMAT} file (files from before exact hit counts must be re-sampled)")
+                    raise TrajectoriesError(f"{name}: not a {FORMAT} file (files from before exact hit counts must be re-sampled)")
                 return cls(
                     features=z["features"], test_hits=z["test_hits"], test_size=int(z["test_size"]), seeds=z["seeds"],
                     poison_fraction=z["poison_fraction"], delta=float(z["delta"]), meta=json.loads(str(z["meta"])),
                 )
-        except (OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
-            raise ValueError(f"{name}: cannot read trajectories: {exc}") from None
+        except TrajectoriesError:
+            raise
+        except OSError as exc:
+            raise TrajectoriesError(f"{name}: cannot read trajectories: {exc.strerror or exc}") from None
+        except (KeyError, EOFError, zipfile.BadZipFile, ValueError, TypeError, zlib.error) as exc:
+            # a truncated or altered archive fails in zipfile, zlib, numpy's header parser, json or
+            # the field checks; all of them mean the same thing to the reader
+            raise TrajectoriesError(f"{name}: damaged or not a trajectories file ({type(exc).__name__}: {exc})") from None
 
 
-def concatenate(parts: Sequence[Trajectories]) -> Trajectories:
-    """Join trajectories sampled at the same delta."""
-    if not parts:
-        raise ValueError("parts: need at least one Trajectories")
-    if len({p.delta for p in parts}) != 1:
-        raise ValueError("parts: trajectories at different budgets cannot be joined")
-    if len({p.test_size for p in parts}) != 1:
-        raise ValueError("parts: trajectories evaluated on test sets of different sizes cannot be joined")
-    return Trajectories(
-        np.concatenate([p.features for p in parts]), np.concatenate([p.test_hits for p in parts]), parts[0].test_size,
-        np.concatenate([p.seeds for p in parts]), np.concatenate([p.poison_fraction for p in parts]),
-        parts[0].delta, dict(parts[0].meta),
-    )
+class TrajectoriesError(ValueError):
+    """A trajectories file is missing, unreadable, damaged or of another format; names the file."""

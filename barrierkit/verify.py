@@ -27,17 +27,18 @@ from .backends.triton_gpu import NAME as TRITON_FEATURES
 from .features import FeatureMap
 from .barrier import Barrier
 from .certificate import CERTIFIED_FIELDS, DOCUMENT_FIELDS, STATUSES, clean_summary, threat_model, throughput, warnings_for
-from .config import CertifyConfig, ConfigError
+from .config import CertifyConfig, ConfigError, decision_variables
 from .context import radius_ratio
 from .data import get_dataset
-from .engine import trajectory_seeds, versions
+from .environment import versions
 from .labels import SafetyRule, chance_hits, check_hits
 from .models import MLPShape
 from .outcomes import (BARRIER_FIELDS, PROBE_FIELDS, SOLVED_FIELDS, VERDICT_FIELDS, a_posteriori_epsilon, first_unsafe,
                        label_fields, overall_status, pool_size, solved_status, training_split_consistency, unsolved_status,
                        witness_record)
-from .probe import TIMING_FIELDS, barrier_record, split_purpose
+from .probe import TIMING_FIELDS, barrier_record
 from .radius import max_budget, radii, search
+from .rng import probe_purpose, trajectory_seeds
 from .scenario import c_max
 
 REL_TOL = 1e-12  # floats re-derived by the same code agree exactly on one machine; this allows a libm's last bits
@@ -113,6 +114,7 @@ def _check_document(doc: Dict[str, Any]) -> List[str]:
     problems = _fields("the document", doc, DOCUMENT_FIELDS + (CERTIFIED_FIELDS if doc["status"] == "CERTIFIED" else ()))
     try:
         cfg = CertifyConfig.from_dict(doc["config"])
+        pac.check_verify_runs(cfg)
     except (ConfigError, TypeError) as exc:
         return problems + [f"config: {exc}"]
     problems += differences("config", doc["config"], cfg.to_dict())
@@ -251,7 +253,7 @@ def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule:
     expected_witness = None
     if found is not None:
         split, i = found
-        seeds = trajectory_seeds(cfg.seed, split_purpose(j, split), 1, start=i)[0]
+        seeds = trajectory_seeds(cfg.seed, probe_purpose(j, split), 1, start=i)[0]
         expected_witness = witness_record(rule, split, i, int(hits[split][i]), seeds, p["delta"], doc["backend"])
     problems += differences(f"{tag} witness", p["witness"], expected_witness)
     n_unsafe_verify = int(rule.unsafe(hits["verify"]).sum())
@@ -297,9 +299,9 @@ def _check_verdict(tag: str, p: Dict[str, Any], v: Dict[str, Any], cfg: CertifyC
     barrier against the configuration."""
     m = cfg.barrier.out_dim
     problems: List[str] = []
-    if len(v["w"]) != m or p["d"] != len(v["w"]) + 3 + (1 if cfg.mu > 0 else 0):
+    if len(v["w"]) != m or p["d"] != decision_variables(len(v["w"]), cfg.mu):
         problems.append(f"{tag}: w has {len(v['w'])} entries, d = {p['d']}; the barrier has out_dim {m}, so d must be "
-                        f"{m + 3 + (1 if cfg.mu > 0 else 0)}")
+                        f"{decision_variables(m, cfg.mu)}")
     w = v["w"]
     optimal = v["solver_status"] == "optimal"
     boxed = all(isinstance(x, (int, float)) and abs(x) <= cfg.w_bound * (1 + W_BOX_TOL) for x in w)

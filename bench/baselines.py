@@ -7,7 +7,7 @@ differ only in how:
 - ``loop``: how a paper-style implementation trains its runs: one ``nn.Module`` at a time, its
   poisoned dataset materialised once per run, ``torch.optim.SGD`` and autograd. Its throughput
   does not depend on N, so it is measured on a few runs.
-- ``torch``, ``numba``, ``triton``, ``triton-tf32``: the engine's backends (``train_segment``),
+- ``torch``, ``numba``, ``triton``, ``triton_tf32``: the engine's backends (``train_segment``),
   over the engine's chunks of trajectories.
 - ``torch.func``: ``stack_module_state`` + ``vmap(grad(functional_call))`` in place of the
   reference's closed-form backward (same poisoned batch, same SGD update);
@@ -27,16 +27,16 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from barrierkit.backends import get_backend
-from barrierkit.backends.torch_ref import StepProblem, TrainState, sgd_update
+from barrierkit import backends
+from barrierkit.backends import StepProblem, TrainState, torch_dtype
+from barrierkit.backends.torch_ref import sgd_update
 from barrierkit.config import SampleConfig
 from barrierkit.data import Dataset
 from barrierkit.models import MLPShape, init_params, to_module
-from barrierkit.poison import PoisonSpec, poison_batch
-from barrierkit.schedule import Schedule
+from barrierkit.poison import poison_batch
 
-METHODS = ("loop", "torch", "torch.func", "torch.func+compile", "numba", "triton", "triton-tf32")
-GPU_ONLY = ("torch.func+compile", "triton", "triton-tf32")
+METHODS = ("loop", "torch", "torch.func", "torch.func+compile", "numba", "triton", "triton_tf32")
+GPU_ONLY = ("torch.func+compile", "triton", "triton_tf32")
 
 
 class Unavailable(Exception):
@@ -68,24 +68,15 @@ class Inputs:
 
     @property
     def dtype(self) -> torch.dtype:
-        return {"float32": torch.float32, "float64": torch.float64}[self.config.recipe.dtype]
+        return torch_dtype(self.config.recipe.dtype)
 
     def chunks(self) -> List[slice]:
         return [slice(lo, min(self.n, lo + self.chunk)) for lo in range(0, self.n, self.chunk)]
 
-    def poison(self, poison_seeds: torch.Tensor, point_draws: bool = True) -> PoisonSpec:
-        threat, attack = self.config.threat, self.config.attack
-        spec = PoisonSpec(seeds=poison_seeds, rho=threat.rho, delta=self.delta, norm=threat.norm, kind=attack.kind,
-                          domain=threat.domain, sign_noise=attack.sign_noise, directions=self.directions)
-        return spec.with_point_draws(self.x_train.shape[0]) if point_draws else spec
-
     def problem(self, part: slice) -> StepProblem:
         """The StepProblem of trajectories ``part``, built as ``engine.sample`` builds it."""
         s = torch.as_tensor(self.seeds[part], device=self.device)
-        r = self.config.recipe
-        return StepProblem(x_train=self.x_train, y_train=self.y_train,
-                           schedule=Schedule(s[:, 2], self.x_train.shape[0], r.batch), poison=self.poison(s[:, 1]),
-                           lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, dtype=self.dtype)
+        return StepProblem.from_config(self.config, self.x_train, self.y_train, s, self.delta, self.directions)
 
     def params(self, part: slice):
         return init_params(self.shape, self.seeds[part, 0], dtype=self.dtype, device=self.device)
@@ -112,9 +103,10 @@ class BackendStepper(Stepper):
     """An engine backend's ``train_segment`` over the engine's chunks."""
 
     def __init__(self, inputs: Inputs, backend: str):
-        self.fn: Callable = get_backend(backend)
+        record = backends.get(backend)
+        self.fn: Callable = record.train_segment
         self.parts = [(TrainState(inputs.params(p)), inputs.problem(p)) for p in inputs.chunks()]
-        self.meta = dict(getattr(self.fn, "meta", None) or {"backend": backend})
+        self.meta = record.describe()
 
     def advance(self, t0: int, t1: int) -> None:
         for state, problem in self.parts:
@@ -193,11 +185,11 @@ class LoopStepper(Stepper):
         self.runs = []
         for s in inputs.seeds:
             model = to_module(init_params(inputs.shape, [s[0]], dtype=inputs.dtype, device=inputs.device), 0).to(inputs.device)
-            spec = inputs.poison(torch.tensor([s[1]], device=inputs.device), point_draws=False)
-            xp = poison_batch(spec, x[idx_all], idx_all, inputs.dtype)[0]  # the run's poisoned dataset, once
+            run = StepProblem.from_config(inputs.config, x, y, torch.as_tensor(s[None, :], device=inputs.device),
+                                          inputs.delta, inputs.directions)
+            xp = poison_batch(run.poison, x[idx_all], idx_all, inputs.dtype)[0]  # the run's poisoned dataset, once
             opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-            sched = Schedule(torch.tensor([s[2]], device=inputs.device), x.shape[0], r.batch)
-            self.runs.append((model, xp, opt, sched))
+            self.runs.append((model, xp, opt, run.schedule))
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.meta = {"backend": "loop", "optimizer": "torch.optim.SGD"}
 
@@ -242,5 +234,5 @@ def build(method: str, inputs: Inputs) -> Stepper:
             raise Unavailable("triton is not installed (pip install -e '.[gpu]')") from None
         if inputs.dtype != torch.float32:
             raise Unavailable("the triton backend trains in float32 only")
-        return BackendStepper(inputs, "triton_tf32" if method == "triton-tf32" else "triton")
+        return BackendStepper(inputs, method)
     return BackendStepper(inputs, "torch")

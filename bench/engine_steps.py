@@ -21,7 +21,8 @@ import numpy as np
 from barrierkit.attacks import gradient_directions
 from barrierkit.config import SampleConfig
 from barrierkit.data import load_digits
-from barrierkit.engine import PURPOSE_SAMPLE, sample, trajectory_seeds
+from barrierkit.engine import sample
+from barrierkit.rng import Purpose, trajectory_seeds
 
 from .machine import describe
 from .report import document, write_results
@@ -45,7 +46,7 @@ def engine_throughput(config: SampleConfig, data, delta: float, n: int, repeats:
     """Trajectory-steps per second of the batched engine (whole sample() call), per repeat."""
     out = []
     for rep in range(repeats):
-        seeds = trajectory_seeds(rep, PURPOSE_SAMPLE, n)
+        seeds = trajectory_seeds(rep, Purpose.SAMPLE, n)
         start = time.perf_counter()
         sample(config, delta, seeds, data=data, progress=False, backend=backend)
         out.append(n * config.recipe.steps / (time.perf_counter() - start))

@@ -11,7 +11,7 @@
 #   preflight    install (--no-deps: the image has no registry), imports, GPU, TF32 settings   (60)
 #   cudatests    the CUDA-only tests at real sizes: N=4000 784-64-10 against torch_ref, CuPy   (140)
 #   memcheck     compute-sanitizer memcheck of the kernels (bench/memcheck_small.py)          (90)
-#   certify      the MNIST-shaped certification, N_v = 4000 (issue 5's < 2 min target)         (180)
+#   certify      the MNIST-shaped certification, N_v = 4000 (target: under 2 min)         (180)
 #   kerneltests  every kernel/engine test compiled (odd shapes: many compiles)                   (100)
 #   throughput   steps/s of every method on mnist, digits, deep at N = 4000, roofline fractions (330)
 #   scaling      time per step against N up to 16000 (no torch.compile: it recompiles per N)    (180)
@@ -107,7 +107,7 @@ for stage in "${STAGES[@]}"; do
     throughput)  run_stage throughput 330 python -m bench throughput --device cuda --out "$OUT" --certify none \
                    --workloads mnist digits deep ;;
     scaling)     run_stage scaling 180 python -m bench scaling --device cuda --out "$OUT" --workloads mnist \
-                   --methods torch torch.func triton triton-tf32 ;;
+                   --methods torch torch.func triton triton_tf32 ;;
   esac
 done
 echo "=== summary"; cat "$OUT/summary.txt"

@@ -178,8 +178,8 @@ def run_case(s: Settings, part: str, workload: str, method: str, n: int, loop: O
                                   attack=inp.config.attack.kind if inp.delta > 0 else "none", momentum=bool(r.momentum),
                                   weight_decay=bool(r.weight_decay), steps_per_launch=min(s.steps, MAX_STEPS_PER_LAUNCH))
         roofs = s.roofs() if (s.cuda or s.args.peak_gflops or s.args.peak_gbps) else {}
-        row.update(roofline.fractions(cost, headline / s.steps, roofs, tf32=method == "triton-tf32"))
-        row.update(peak_flops=roofs.get("flops_tf32" if method == "triton-tf32" else "flops"),
+        row.update(roofline.fractions(cost, headline / s.steps, roofs, tf32=method == "triton_tf32"))
+        row.update(peak_flops=roofs.get("flops_tf32" if method == "triton_tf32" else "flops"),
                    peak_bytes_per_s=roofs.get("bytes_per_s"))
         beside = roofline.describe_fraction(row) if (s.cuda or part == "roofline" or s.args.peak_gflops) else ""
         mem_txt = f"peak RSS {row['peak_rss_mb']:.0f} MB (+{row['peak_rss_delta_mb']:.0f})" + (f", device {row['peak_device_mb']:.0f} MB" if "peak_device_mb" in row else "")

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import torch
 
-from barrierkit.engine import cpu_model
+from barrierkit.environment import cpu_model
 
 
 def git_commit() -> str:

@@ -17,7 +17,8 @@ import torch
 
 from barrierkit.config import ModelSpec, SampleConfig, TrainRecipe
 from barrierkit.data import make_synthetic
-from barrierkit.engine import PURPOSE_SAMPLE, sample, trajectory_seeds
+from barrierkit.engine import sample
+from barrierkit.rng import Purpose, trajectory_seeds
 from barrierkit.kernels import barrier_eval as BE
 
 
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     device = torch.device(argv[0] if argv else "cuda")  # "cpu" runs it under TRITON_INTERPRET=1
     data = make_synthetic(n_train=300, n_test=50, dim=784, mean_low=0.3, mean_width=0.4)
-    seeds = trajectory_seeds(0, PURPOSE_SAMPLE, 3)
+    seeds = trajectory_seeds(0, Purpose.SAMPLE, 3)
     config = SampleConfig(model=ModelSpec(hidden=(64,)), recipe=TrainRecipe(steps=80, batch=33, record_every=40))
     for backend in ("triton", "triton_tf32"):
         runs = sample(config, 0.1, seeds, data=data, backend=backend, device=device, progress=False)

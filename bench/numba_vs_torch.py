@@ -18,12 +18,10 @@ import numba
 import numpy as np
 import torch
 
-from barrierkit.backends import numba_cpu, torch_ref
-from barrierkit.backends.torch_ref import StepProblem, TrainState
+from barrierkit.backends import StepProblem, TrainState, numba_cpu, torch_ref
+from barrierkit.config import ModelSpec, SampleConfig, SamplingAttack, ThreatModel, TrainRecipe
 from barrierkit.data import load_digits, make_synthetic
 from barrierkit.models import MLPShape, init_params
-from barrierkit.poison import PoisonSpec
-from barrierkit.schedule import Schedule
 
 # (label, backend, threads): torch's intra-op threads / numba's prange threads
 BACKENDS = [("torch-1t", torch_ref.train_segment, 1), ("torch-2t", torch_ref.train_segment, 2),
@@ -42,10 +40,10 @@ def setup(data, hidden, batch, n, dtype, attack=("gradient", "inf")):
     directions = torch.randn(data.x_train.shape, generator=g, dtype=torch.float64)
     directions = directions.sign() if attack[1] == "inf" else directions / directions.norm(dim=1, keepdim=True)
     seeds = torch.arange(3 * n, dtype=torch.int64).view(n, 3) * 1000003 + 17
-    spec = PoisonSpec(seeds[:, 1], 0.5, 0.1, attack[1], attack[0], directions=directions)
-    spec = spec.with_point_draws(data.x_train.shape[0])
+    config = SampleConfig(model=ModelSpec(hidden=hidden), recipe=TrainRecipe(batch=batch, lr=0.1, dtype=str(dtype).split(".")[-1]),
+                          threat=ThreatModel(norm=attack[1], rho=0.5), attack=SamplingAttack(kind=attack[0]))
     x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
-    problem = StepProblem(x, y, Schedule(seeds[:, 2], x.shape[0], batch), spec, 0.1, 0.0, 0.0, dtype)
+    problem = StepProblem.from_config(config, x, y, seeds, 0.1, directions)
     return TrainState(init_params(shape, seeds[:, 0].numpy(), dtype=dtype)), problem
 
 

@@ -20,7 +20,8 @@ import torch
 from barrierkit.attacks import gradient_directions
 from barrierkit.config import ModelSpec, SampleConfig, TrainRecipe
 from barrierkit.data import Dataset, get_dataset
-from barrierkit.engine import PURPOSE_SAMPLE, chunk_size, trajectory_seeds
+from barrierkit.engine import chunk_size
+from barrierkit.rng import Purpose, trajectory_seeds
 from barrierkit.models import MLPShape
 
 from . import baselines
@@ -29,13 +30,14 @@ from .baselines import METHODS, Unavailable  # noqa: F401  (re-exported)
 
 @functools.lru_cache(maxsize=None)
 def _dataset(name: str) -> Dataset:
-    return get_dataset("digits" if name == "digits" else "synthetic-mnist")
+    """A dataset loaded once per process (the workloads share them)."""
+    return get_dataset(name)
 
 
 @dataclass(frozen=True)
 class Workload:
     name: str
-    dataset: str  # "digits" or "synthetic-784"
+    dataset: str  # a barrierkit dataset name: "digits" or "synthetic-mnist"
     hidden: tuple
     batch: int
 
@@ -45,7 +47,7 @@ class Workload:
     def sample_config(self, steps: int = 400, dtype: str = "float32", memory_mb: Optional[float] = None) -> SampleConfig:
         """The recipe (``steps`` only sizes the gradient attack's clean reference run)."""
         every = TrainRecipe.record_every  # the default recipe's, so the reference run is the engine's
-        return SampleConfig(dataset="digits" if self.dataset == "digits" else "synthetic-mnist",
+        return SampleConfig(dataset=self.dataset,
                             model=ModelSpec(hidden=self.hidden),
                             recipe=TrainRecipe(steps=steps, batch=self.batch, record_every=every if steps % every == 0 else steps,
                                                dtype=dtype),
@@ -65,8 +67,8 @@ class Workload:
 
 WORKLOADS: Dict[str, Workload] = {
     "digits": Workload("digits", "digits", (32,), 32),
-    "mnist": Workload("mnist", "synthetic-784", (64,), 64),
-    "deep": Workload("deep", "synthetic-784", (128, 128), 64),
+    "mnist": Workload("mnist", "synthetic-mnist", (64,), 64),
+    "deep": Workload("deep", "synthetic-mnist", (128, 128), 64),
 }
 
 
@@ -142,7 +144,7 @@ def setup(workload: Union[str, Workload], method: str, n: int, *, steps: int = 8
     """Build the case ``workload`` x ``method`` with ``n`` trajectories (untimed setup).
 
     Seeds, initial parameters, batch order and poison are those ``engine.sample`` would use for
-    ``trajectory_seeds(seed, PURPOSE_SAMPLE, n)``; N is split into the engine's chunks
+    ``trajectory_seeds(seed, Purpose.SAMPLE, n)``; N is split into the engine's chunks
     (``engine.chunk_size`` under ``memory_mb``) for the batched methods. The gradient attack's
     directions come from a clean reference run of ``reference_steps`` steps (cached; their
     values do not change the cost). Raises :class:`Unavailable` when the method cannot run here.
@@ -154,7 +156,7 @@ def setup(workload: Union[str, Workload], method: str, n: int, *, steps: int = 8
     directions = None
     if delta > 0 and config.threat.rho > 0 and config.attack.kind == "gradient":
         directions = torch.as_tensor(gradient_directions(config, data), device=device)
-    seeds = trajectory_seeds(seed, PURPOSE_SAMPLE, n)
+    seeds = trajectory_seeds(seed, Purpose.SAMPLE, n)
     inputs = baselines.Inputs(config, data, wl.shape, seeds, float(delta), device, chunk_size(config, data, n, device), directions)
     stepper = baselines.build(method, inputs)
     return Case(wl, method, n, steps, stepper, inputs)

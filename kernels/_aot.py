@@ -4,9 +4,35 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from typing import Dict, Sequence
+from typing import Any, Callable, Dict, Sequence
 
 import triton
+
+from ._host import interpreting
+
+ABSENT = "constexpr"
+"""The type of an optional pointer argument that is left out (passed as None, a constexpr)."""
+
+
+def compile_for(kernel_fn: Callable, args: Dict[str, str], meta: Dict[str, Any], arch: int, **options: Any):
+    """``triton.compile`` of ``kernel_fn`` for ``sm_<arch>`` without a GPU.
+
+    ``args`` maps each runtime argument, in the kernel's order, to its Triton type (:data:`ABSENT`
+    for a pointer left out); ``meta`` the constexpr parameters that follow them to their values.
+    ``options`` go to the compiler (num_warps, num_stages). Needs compiled mode (TRITON_INTERPRET
+    unset or 0) and the ptxas bundled with Triton's NVIDIA backend.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if interpreting():
+        raise RuntimeError("compile_report: needs compiled Triton (unset TRITON_INTERPRET)")
+    signature = {**args, **{name: "constexpr" for name in meta}}
+    names = list(signature)
+    constants = {**{name: None for name, kind in args.items() if kind == ABSENT}, **meta}
+    source = ASTSource(fn=kernel_fn, signature=signature,
+                       constexprs={(names.index(name),): value for name, value in constants.items()})
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def cubin_usage(kernel, opcodes: Sequence[str]) -> Dict[str, object]:

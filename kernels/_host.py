@@ -18,12 +18,23 @@ def next_pow2(n: int, lo: int = 16) -> int:
     return max(lo, 1 << (max(1, int(n)) - 1).bit_length())
 
 
-def as_tensor(a, name: str) -> torch.Tensor:
-    """A torch view of ``a``; CuPy (or any DLPack) arrays are wrapped without a copy."""
+def as_tensor(a, name: str, array_like: bool = False) -> torch.Tensor:
+    """A torch view of ``a``; CuPy (or any DLPack) arrays are wrapped without a copy. With
+    ``array_like`` (inputs that are only read) anything ``torch.as_tensor`` takes is accepted too,
+    a read-only numpy array included (copied)."""
     if isinstance(a, torch.Tensor):
         return a
     if hasattr(a, "__dlpack__"):
-        return torch.from_dlpack(a)
+        try:
+            return torch.from_dlpack(a)
+        except Exception as exc:  # noqa: BLE001 (e.g. a read-only numpy array)
+            if not array_like:
+                raise ValueError(f"{name}: cannot be wrapped as a tensor ({exc})") from exc
+    if array_like:
+        try:
+            return torch.as_tensor(a)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{name}: expected a tensor, a DLPack array or an array-like, got {type(a).__name__}") from exc
     raise ValueError(f"{name}: expected a torch tensor or a DLPack array (e.g. CuPy), got {type(a).__name__}")
 
 

@@ -2,7 +2,7 @@
 
 ``barrier_eval`` evaluates the trunk psi of barrierkit.barrier (standardise ``(x - mean) / scale``,
 then ``tanh(h @ W1.T + b1) @ W2.T + b2``) at every recorded state of N trajectories and, in the
-same launch, forms the data of the scenario program (METHOD section 6, barrierkit.scenario):
+same launch, forms the data of the scenario program (docs/METHOD.md §6, barrierkit.scenario):
 
 * ``initial``    psi_i(0)                          [N, m]
 * ``increments`` psi_i(j+1) - psi_i(j)             [N, K, m]
@@ -39,7 +39,7 @@ but the absolute error stays <= 1 ulp(1), which is what matters because psi is a
 tanh values. On a GPU fp64 ``tl.exp`` lowers to libdevice exp (<= 1 ulp) and fp32 ``tl.exp`` to
 ``ex2.approx`` (a few ulp): fp32 psi is within ~1e-6 relative of the float64 reference.
 
-Soundness: the verifier decides in float64 (METHOD section 10). Use fp64 features for anything
+Soundness: the verifier decides in float64 (docs/METHOD.md §9). Use fp64 features for anything
 that feeds the certificate; fp32 is for fitting/screening only.
 
 This module imports only triton and torch (never barrierkit).
@@ -54,8 +54,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import cubin_usage
-from ._host import interpreting, next_pow2, require_launchable
+from ._aot import ABSENT, compile_for, cubin_usage
+from ._host import as_tensor, interpreting, next_pow2, require_launchable
 
 DTYPES = (torch.float32, torch.float64)
 MAX_WIDTH = 1024  # hidden width a program keeps as one register tile row
@@ -183,28 +183,10 @@ def _warps(block_n: int, width: int, dtype: torch.dtype) -> int:
     return max(1, min(8, block_n * next_pow2(width, lo=2) // (32 * per_thread)))
 
 
-def _as_tensor(a, name: str) -> torch.Tensor:
-    """A torch view of ``a``; CuPy (or any DLPack) arrays are wrapped without a copy."""
-    if isinstance(a, torch.Tensor):
-        return a
-    if hasattr(a, "__dlpack__"):
-        try:
-            return torch.from_dlpack(a)
-        except Exception as exc:  # noqa: BLE001 (e.g. a read-only numpy array)
-            try:
-                return torch.as_tensor(a)
-            except Exception:  # noqa: BLE001
-                raise ValueError(f"{name}: cannot be wrapped as a tensor ({exc})") from exc
-    try:
-        return torch.as_tensor(a)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{name}: expected a tensor, a DLPack array or an array-like, got {type(a).__name__}") from exc
-
-
 def _param(a, name: str, shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A small parameter (mean, scale, W, b, w): any real floating array, cast to the features'
     dtype and copied to their device if it lives on the host."""
-    t = _as_tensor(a, name)
+    t = as_tensor(a, name, array_like=True)
     if not t.is_floating_point():
         raise ValueError(f"{name}: must be a real floating-point array, got {t.dtype}")
     if tuple(t.shape) != tuple(shape):
@@ -247,7 +229,7 @@ def barrier_eval(features, mean, scale, layers: Sequence, w=None, gamma: float =
     (if asked) and, when w is given, ``c1`` [N], ``c3`` [N, K], ``c2`` [N] (-inf where not unsafe)
     and ``margins`` [N] = max(c1, c3.max(1), c2), all in the features' dtype and device.
     """
-    x = _as_tensor(features, "features")
+    x = as_tensor(features, "features", array_like=True)
     if x.dim() != 3 or min(x.shape) < 1:
         raise ValueError(f"features: must be [N>=1, K+1>=1, k>=1], got shape {tuple(x.shape)}")
     if x.dtype not in DTYPES:
@@ -267,8 +249,8 @@ def barrier_eval(features, mean, scale, layers: Sequence, w=None, gamma: float =
     for i, layer in enumerate(layers):
         if not isinstance(layer, (list, tuple)) or len(layer) != 2:
             raise ValueError(f"layers[{i}]: must be a (W, b) pair")
-    W1_raw = _as_tensor(layers[0][0], "layers[0][0] (W1)")
-    W2_raw = _as_tensor(layers[1][0], "layers[1][0] (W2)")
+    W1_raw = as_tensor(layers[0][0], "layers[0][0] (W1)", array_like=True)
+    W2_raw = as_tensor(layers[1][0], "layers[1][0] (W2)", array_like=True)
     if W1_raw.dim() != 2 or W2_raw.dim() != 2:
         raise ValueError(f"layers: W1 and W2 must be 2-D, got {tuple(W1_raw.shape)}, {tuple(W2_raw.shape)}")
     H, M = int(W1_raw.shape[0]), int(W2_raw.shape[0])
@@ -290,7 +272,7 @@ def barrier_eval(features, mean, scale, layers: Sequence, w=None, gamma: float =
         lv = torch.tensor([_real(gamma, "gamma"), _real(c, "c")], dtype=dtype, device=device)
     u8 = None
     if unsafe is not None:
-        u = _as_tensor(unsafe, "unsafe")
+        u = as_tensor(unsafe, "unsafe", array_like=True)
         if u.dtype != torch.bool or tuple(u.shape) != (N,):
             raise ValueError(f"unsafe: must be a bool tensor of shape ({N},), got {u.dtype} {tuple(u.shape)}")
         if u.device != device:
@@ -346,16 +328,10 @@ def compile_report(*, dtype: str = "fp64", k: int = 11, width: int = 32, m: int 
     stack (spill) bytes, shared memory and SASS counts (DFMA/FFMA fp64/fp32 FMAs, MUFU special
     functions, LDL/STL local memory, LDG/STG global memory).
     """
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    if interpreting():
-        raise RuntimeError("compile_report: needs compiled Triton (unset TRITON_INTERPRET)")
     if dtype not in ("fp32", "fp64"):
         raise ValueError(f"dtype: must be 'fp32' or 'fp64', got {dtype!r}")
     num_warps = num_warps or _warps(block_n, width, torch.float64 if dtype == "fp64" else torch.float32)
-    p, absent = f"*{dtype}", "constexpr"
+    p, absent = f"*{dtype}", ABSENT
     ptrs = {
         "x_ptr": p, "mean_ptr": p, "scale_ptr": p, "w1_ptr": p, "b1_ptr": p, "w2_ptr": p, "b2_ptr": p,
         "w_ptr": p if has_w else absent, "lv_ptr": p if has_w else absent,
@@ -364,17 +340,9 @@ def compile_report(*, dtype: str = "fp64", k: int = 11, width: int = 32, m: int 
         "c1_ptr": p if has_w else absent, "c3_ptr": p if has_w else absent, "c2_ptr": p if has_w else absent,
         "marg_ptr": p if has_w else absent,
     }
-    sig = dict(ptrs)
-    sig.update(N="i32", K="i32", H="i32")
     meta = dict(KF=k, M=m, HAS_W=has_w, HAS_UNSAFE=has_w and has_unsafe, STORE_PSI=return_psi,
                 BLOCK_N=block_n, BLOCK_H=next_pow2(width, lo=2), BLOCK_M=next_pow2(m, lo=2))
-    sig.update({name: "constexpr" for name in meta})
-    names = list(sig)
-    consts = {name: None for name, v in ptrs.items() if v == absent}
-    consts.update(meta)
-    src = ASTSource(fn=_barrier_eval_kernel, signature=sig,
-                    constexprs={(names.index(name),): v for name, v in consts.items()})
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    kernel = compile_for(_barrier_eval_kernel, {**ptrs, "N": "i32", "K": "i32", "H": "i32"}, meta, arch, num_warps=num_warps)
     report = {"arch": f"sm_{arch}", "dtype": dtype, "k": k, "width": width, "m": m, "block_n": block_n,
               "num_warps": num_warps, "has_w": has_w, "return_psi": return_psi,
               "shared_bytes": int(kernel.metadata.shared)}

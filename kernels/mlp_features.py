@@ -5,7 +5,7 @@
     [ projection @ theta  (k values),  mean cross-entropy on (x, y),  accuracy on (x, y),
       ||theta - theta0||_2 ]
 
-the feature map of barrierkit.features (METHOD section 5) when ``x, y`` is the probe set, and the
+the feature map of barrierkit.features (docs/METHOD.md §1) when ``x, y`` is the probe set, and the
 terminal test accuracy (column k + 1, with k = 0) when ``x, y`` is the test set. theta is the
 concatenation of ``[W1, b1, W2, b2, (W3, b3)]`` in ``nn.Linear`` order; ``theta0`` None means 0.
 
@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import cubin_usage
+from ._aot import ABSENT, compile_for, cubin_usage
 from ._host import as_tensor, check_tensor, interpreting, next_pow2, stacked_mlp
 
 MAX_WIDTH = 256  # hidden and class widths a program keeps as register tiles
@@ -310,33 +310,21 @@ def compile_report(*, hidden: Sequence[int] = (64,), n_classes: int = 10, k: int
     """Compile the kernel for ``sm_<arch>`` without a GPU and report its resources (see
     barrier_eval.compile_report): registers, stack (spill) bytes, shared memory and SASS counts
     (DMMA fp64 tensor-core MMAs, DFMA fp64 FMAs, MUFU, LDL/STL local memory, LDG/STG)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    if interpreting():
-        raise RuntimeError("compile_report: needs compiled Triton (unset TRITON_INTERPRET)")
     if param_dtype not in ("fp32", "fp64"):
         raise ValueError(f"param_dtype: must be 'fp32' or 'fp64', got {param_dtype!r}")
     two = len(hidden) == 2
     tune = default_tuning(hidden, n_classes)
     block_p = block_p or tune["block_p"]
     num_warps = num_warps or tune["num_warps"]
-    p, absent = f"*{param_dtype}", "constexpr"
-    sig = {"w1_ptr": p, "b1_ptr": p, "w2_ptr": p, "b2_ptr": p, "w3_ptr": p if two else absent, "b3_ptr": p if two else absent,
-           "x_ptr": "*fp64", "y_ptr": "*i32", "proj_ptr": "*fp64" if k else absent,
-           "t0_ptr": "*fp64" if has_theta0 else absent, "out_ptr": "*fp64"}
-    nulls = [name for name, v in sig.items() if v == absent]
-    sig.update(P="i32", D="i32", H1="i32", H2="i32", C="i32", KP="i32")
+    p, absent = f"*{param_dtype}", ABSENT
+    args = {"w1_ptr": p, "b1_ptr": p, "w2_ptr": p, "b2_ptr": p, "w3_ptr": p if two else absent, "b3_ptr": p if two else absent,
+            "x_ptr": "*fp64", "y_ptr": "*i32", "proj_ptr": "*fp64" if k else absent,
+            "t0_ptr": "*fp64" if has_theta0 else absent, "out_ptr": "*fp64",
+            "P": "i32", "D": "i32", "H1": "i32", "H2": "i32", "C": "i32", "KP": "i32"}
     meta = dict(TWO_HIDDEN=two, HAS_PROJ=k > 0, HAS_T0=has_theta0, BLOCK_P=block_p, BLOCK_D=block_d,
                 BLOCK_H1=next_pow2(hidden[0]), BLOCK_H2=next_pow2(hidden[1] if two else 1), BLOCK_C=next_pow2(n_classes),
                 BLOCK_K=next_pow2(max(k, 1), lo=1), BLOCK_J=tune["block_j"])
-    sig.update({name: "constexpr" for name in meta})
-    names = list(sig)
-    consts = {name: None for name in nulls}
-    consts.update(meta)
-    src = ASTSource(fn=_mlp_features_kernel, signature=sig,
-                    constexprs={(names.index(name),): v for name, v in consts.items()})
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    kernel = compile_for(_mlp_features_kernel, args, meta, arch, num_warps=num_warps)
     report = {"arch": f"sm_{arch}", "hidden": list(hidden), "n_classes": n_classes, "k": k, "param_dtype": param_dtype,
               "block_p": block_p, "block_d": block_d, "num_warps": num_warps, "shared_bytes": int(kernel.metadata.shared)}
     report.update(cubin_usage(kernel, ("DMMA", "DFMA", "MUFU", "LDL", "STL", "LDG", "STG", "CALL")))

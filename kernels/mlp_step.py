@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import cubin_usage
+from ._aot import ABSENT, compile_for, cubin_usage
 from ._host import as_tensor as _as_tensor, check_tensor as _check_tensor, interpreting, next_pow2 as _next_pow2, stacked_mlp
 
 # Counter word c2 (the stream tag) of barrierkit.rng.Stream; a test checks they agree.
@@ -562,18 +562,12 @@ def compile_report(*, attack: str = "gradient", hidden: Sequence[int] = (64,), b
     registers per thread, the stack frame (bytes of spilled registers per thread), shared memory and
     SASS instruction counts (HGMMA = Hopper tensor cores, FFMA = fp32 FMA, LDL/STL = local memory).
     """
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    if interpreting():
-        raise RuntimeError("compile_report: needs compiled Triton (unset TRITON_INTERPRET)")
     code = _ATTACK_CODES[attack]
     two = len(hidden) == 2
     tune = default_tuning(batch, hidden, 1 << 20, input_precision)
     num_warps = num_warps or tune["num_warps"]
     num_stages = num_stages or tune["num_stages"]
-    f32, absent = "*fp32", "constexpr"
+    f32, absent = "*fp32", ABSENT
     ptrs = {
         "x_ptr": f32, "y_ptr": "*i32", "dir_ptr": f32 if code == ATTACK_GRADIENT else absent, "idx_ptr": "*i32",
         "seed_ptr": "*i64" if code else absent, "w1_ptr": f32, "b1_ptr": f32, "wm_ptr": f32 if two else absent,
@@ -590,12 +584,7 @@ def compile_report(*, attack: str = "gradient", hidden: Sequence[int] = (64,), b
     meta = dict(ATTACK=code, TWO_HIDDEN=two, HAS_MOMENTUM=momentum, HAS_WD=weight_decay, DEBUG=debug,
                 PRECISION=input_precision, BLOCK_B=_next_pow2(batch), BLOCK_D=block_d, BLOCK_H1=_next_pow2(hidden[0]),
                 BLOCK_H2=_next_pow2(hidden[1] if two else 1), BLOCK_C=_next_pow2(n_classes))
-    sig.update({k: "constexpr" for k in meta})
-    names = list(sig)
-    consts = {k: None for k, v in ptrs.items() if v == absent}
-    consts.update(meta)
-    src = ASTSource(fn=_mlp_sgd_kernel, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    kernel = compile_for(_mlp_sgd_kernel, sig, meta, arch, num_warps=num_warps, num_stages=num_stages)
     report = {"arch": f"sm_{arch}", "num_warps": num_warps, "num_stages": num_stages, "block_d": block_d,
               "input_precision": input_precision, "attack": attack, "hidden": list(hidden), "batch": batch,
               "shared_bytes": int(kernel.metadata.shared)}

@@ -93,3 +93,20 @@ def nan_accuracy(monkeypatch):
         monkeypatch.setattr(FeatureMap, "accuracy", with_nan)
 
     return install
+
+
+TINY_CERTIFY = ["certify", "--steps", "40", "--record-every", "20", "--n-verify", "40", "--n-train", "20", "--n-clean", "10",
+                "--n-pool", "10", "--max-probes", "2", "--epsilon", "0.6", "--beta", "0.1", "--delta-hi", "0.01"]
+"""A certify command line small enough for a test (seconds)."""
+
+
+def no_work(monkeypatch) -> None:
+    """Make any sampling or certification fail the test: the command must stop before the work."""
+    import barrierkit.api  # noqa: F401  (imported first, so that no module binds the stand-in for good)
+    import barrierkit.engine
+
+    def boom(*a, **k):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(barrierkit.engine, "sample", boom)
+    monkeypatch.setattr("barrierkit.api.certify", boom)

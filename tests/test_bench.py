@@ -65,7 +65,7 @@ def test_quick_throughput_covers_every_workload_method_and_certify(results):
         for method in ("loop", "torch", "torch.func", "numba"):
             assert cells[(wl, method)]["status"] == "ok"
         assert cells[(wl, "torch")]["speedup_vs_loop"] > 0
-        for method in ("triton", "triton-tf32", "torch.func+compile"):  # GPU only: skipped, with the reason
+        for method in ("triton", "triton_tf32", "torch.func+compile"):  # GPU only: skipped, with the reason
             assert cells[(wl, method)]["status"] == "skipped" and "GPU" in cells[(wl, method)]["reason"]
     cert = [r for r in rows if r["benchmark"] == "certify"]
     assert len(cert) == 1 and cert[0]["certifications_per_hour"] > 0 and cert[0]["certified_probes_per_hour"] >= 0

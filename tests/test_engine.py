@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from barrierkit.config import FeatureSpec, ModelSpec, SampleConfig, SamplingAttack, ThreatModel, TrainRecipe
-from barrierkit.engine import PURPOSE_SAMPLE, clean_runs, sample, trajectory_seeds
+from barrierkit.engine import clean_runs, sample
+from barrierkit.rng import Purpose, trajectory_seeds
 from barrierkit.labels import SafetyRule
 from barrierkit.models import MLPShape, flatten, init_params, to_module
 from barrierkit.poison import PoisonSpec, poison_batch
@@ -77,7 +78,7 @@ def device_for(backend):
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_equivalence_float64_against_nn_module(small_data, attack, norm, momentum, backend):
     config = make_config(attack, norm, momentum=momentum, hidden=(7, 5))
-    seeds = trajectory_seeds(11, PURPOSE_SAMPLE, 3)
+    seeds = trajectory_seeds(11, Purpose.SAMPLE, 3)
     delta = 0.15
     engine_params = _final_params(config, small_data, seeds, delta, backend)
     for i in range(3):
@@ -88,7 +89,7 @@ def test_equivalence_float64_against_nn_module(small_data, attack, norm, momentu
 @pytest.mark.parametrize("backend", BACKENDS_ALL)
 def test_equivalence_float32_against_nn_module(small_data, backend):
     config = make_config("gradient", "inf", dtype="float32", hidden=(7,))
-    seeds = trajectory_seeds(12, PURPOSE_SAMPLE, 3)
+    seeds = trajectory_seeds(12, Purpose.SAMPLE, 3)
     engine_params = _final_params(config, small_data, seeds, 0.1, backend)
     for i in range(3):
         ref = reference_run(config, small_data, seeds[i], 0.1)
@@ -98,20 +99,17 @@ def test_equivalence_float32_against_nn_module(small_data, backend):
 
 def _final_params(config, data, seeds, delta, backend="torch"):
     """The engine's final parameters (via the backend contract the engine itself uses)."""
-    from barrierkit.backends import StepProblem, TrainState, get_backend
+    from barrierkit.backends import StepProblem, TrainState, get, torch_dtype
 
-    dtype = torch.float64 if config.recipe.dtype == "float64" else torch.float32
+    dtype = torch_dtype(config.recipe.dtype)
     dev = device_for(backend)
     shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
     s = torch.as_tensor(seeds, device=dev)
     directions = torch.as_tensor(gradient_directions(config, data), device=dev) if config.attack.kind == "gradient" else None
-    spec = PoisonSpec(seeds=s[:, 1], rho=config.threat.rho, delta=delta, norm=config.threat.norm, kind=config.attack.kind,
-                      directions=directions).with_point_draws(data.x_train.shape[0])
-    problem = StepProblem(torch.as_tensor(data.x_train, dtype=torch.float64, device=dev), torch.as_tensor(data.y_train, device=dev),
-                          Schedule(s[:, 2], data.x_train.shape[0], config.recipe.batch), spec, config.recipe.lr,
-                          config.recipe.momentum, config.recipe.weight_decay, dtype)
+    problem = StepProblem.from_config(config, torch.as_tensor(data.x_train, dtype=torch.float64, device=dev),
+                                      torch.as_tensor(data.y_train, device=dev), s, delta, directions)
     state = TrainState(init_params(shape, seeds[:, 0], dtype=dtype, device=dev))
-    get_backend(backend)(state, problem, 0, config.recipe.steps)
+    get(backend).train_segment(state, problem, 0, config.recipe.steps)
     return flatten(state.params).cpu()
 
 
@@ -162,7 +160,7 @@ def test_on_the_fly_poison_equals_materialised(small_data):
 @pytest.mark.parametrize("backend", BACKENDS_ALL)
 def test_replay_from_seeds_is_bit_exact_and_chunking_is_invisible(small_data, backend):
     config = make_config("gradient", "inf", dtype="float32")
-    seeds = trajectory_seeds(3, PURPOSE_SAMPLE, 7)
+    seeds = trajectory_seeds(3, Purpose.SAMPLE, 7)
     dev = device_for(backend)
     full = sample(config, 0.2, seeds, data=small_data, progress=False, backend=backend, device=dev)
     chunked = sample(config, 0.2, seeds, data=small_data, chunk=3, progress=False, backend=backend, device=dev)
@@ -175,7 +173,7 @@ def test_replay_from_seeds_is_bit_exact_and_chunking_is_invisible(small_data, ba
 
 @pytest.mark.parametrize("backend", BACKENDS_ALL)
 def test_delta_zero_reproduces_clean_runs(small_data, backend):
-    seeds = trajectory_seeds(4, PURPOSE_SAMPLE, 4)
+    seeds = trajectory_seeds(4, Purpose.SAMPLE, 4)
     dtype = "float32" if backend == "triton" else "float64"
     poisoned_cfg = make_config("sign", "inf", rho=0.5, dtype=dtype)
     clean_cfg = make_config("sign", "inf", rho=0.0, dtype=dtype)
@@ -189,7 +187,7 @@ def test_delta_zero_reproduces_clean_runs(small_data, backend):
 
 def test_trajectories_content_and_round_trip(small_data, tmp_path):
     config = make_config("gradient", "2")
-    seeds = trajectory_seeds(5, PURPOSE_SAMPLE, 5)
+    seeds = trajectory_seeds(5, Purpose.SAMPLE, 5)
     runs = sample(config, 0.1, seeds, data=small_data, progress=False)
     K = config.recipe.intervals
     assert runs.features.shape == (5, K + 1, config.features.dim)
@@ -212,7 +210,7 @@ def test_clean_runs_and_unsafe_labels(small_data):
     rule = SafetyRule.from_clean_hits(clean.test_hits, clean.test_size, 0.05)
     assert clean.test_size == small_data.x_test.shape[0] and clean.test_hits.dtype == np.int64
     assert rule.g_clean == np.median(clean.test_accuracy) and rule.g_clean > 0.5
-    runs = sample(config, 1.0, trajectory_seeds(1, PURPOSE_SAMPLE, 5), data=small_data, progress=False)
+    runs = sample(config, 1.0, trajectory_seeds(1, Purpose.SAMPLE, 5), data=small_data, progress=False)
     drop = rule.accuracy_drop(runs.test_hits)
     assert np.array_equal(runs.test_accuracy, runs.test_hits / runs.test_size)
     exact = [Fraction(rule.clean_hits_x2, 2) - int(h) > Fraction(1, 20) * runs.test_size for h in runs.test_hits]
@@ -222,7 +220,7 @@ def test_clean_runs_and_unsafe_labels(small_data):
 def test_digits_gradient_attack_is_error_maximising(digits):
     """The default attack must actually hurt: much more than random sign poison at the same budget."""
     base = SampleConfig(features=FeatureSpec(projection_dim=2, probe_size=16))
-    seeds = trajectory_seeds(0, PURPOSE_SAMPLE, 12)
+    seeds = trajectory_seeds(0, Purpose.SAMPLE, 12)
     grad = sample(base, 0.3, seeds, data=digits, progress=False).test_accuracy
     sign_cfg = SampleConfig(attack=SamplingAttack(kind="sign"), features=base.features)
     rand = sample(sign_cfg, 0.3, seeds, data=digits, progress=False).test_accuracy
@@ -252,7 +250,7 @@ def test_cuda_chunking_is_invisible_at_n300(small_data, backend):
     if backend == "triton" and TRITON_DEVICE != "cuda":
         pytest.skip("triton is interpreted here")
     config = make_config("gradient", "inf", dtype="float32")
-    seeds = trajectory_seeds(6, PURPOSE_SAMPLE, 300)
+    seeds = trajectory_seeds(6, Purpose.SAMPLE, 300)
     full = sample(config, 0.2, seeds, data=small_data, progress=False, backend=backend, device="cuda")
     chunked = sample(config, 0.2, seeds, data=small_data, chunk=37, progress=False, backend=backend, device="cuda")
     one = sample(config, 0.2, seeds[211:212], data=small_data, progress=False, backend=backend, device="cuda")

@@ -5,7 +5,8 @@ import pytest
 from barrierkit.cli import main
 from barrierkit.config import ConfigError, ModelSpec, SampleConfig, SamplingAttack, ThreatModel, TrainRecipe, check_delta
 from barrierkit.data import Dataset, load_digits, make_synthetic
-from barrierkit.engine import sample, trajectory_seeds
+from barrierkit.engine import sample
+from barrierkit.rng import trajectory_seeds
 
 
 @pytest.mark.parametrize("make,field", [
@@ -144,7 +145,7 @@ def test_resolve_device_auto_and_errors():
     assert resolve_device("cpu") == resolve_device(" CPU ") == torch.device("cpu")
     from barrierkit.backends import resolve
 
-    assert resolve("auto", "cuda", dtype="float32") == "triton" and resolve("auto", "cuda", dtype="float64") == "torch"
+    assert resolve("auto", "cuda", dtype="float32").name == "triton" and resolve("auto", "cuda", dtype="float64").name == "torch"
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="device.*CUDA"):
             resolve_device("cuda")

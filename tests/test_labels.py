@@ -107,7 +107,8 @@ def test_trajectories_hold_counts_and_reject_anything_else():
 @pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
 def test_every_backend_yields_hit_counts(small_data, backend):
     from barrierkit.config import FeatureSpec, ModelSpec, SampleConfig, TrainRecipe
-    from barrierkit.engine import sample, trajectory_seeds
+    from barrierkit.engine import sample
+    from barrierkit.rng import trajectory_seeds
 
     cfg = SampleConfig(model=ModelSpec(hidden=(5,)), recipe=TrainRecipe(steps=8, batch=8, record_every=4),
                        features=FeatureSpec(projection_dim=2, probe_size=16))
@@ -119,7 +120,8 @@ def test_every_backend_yields_hit_counts(small_data, backend):
 def test_a_nan_accuracy_stops_sampling_naming_the_run(small_data, nan_accuracy):
     """NaN > alpha is False: one NaN accuracy used to make a run 'safe'. Now it is an error."""
     from barrierkit.config import FeatureSpec, ModelSpec, SampleConfig, TrainRecipe
-    from barrierkit.engine import sample, trajectory_seeds
+    from barrierkit.engine import sample
+    from barrierkit.rng import trajectory_seeds
 
     nan_accuracy(1)
     cfg = SampleConfig(model=ModelSpec(hidden=(5,)), recipe=TrainRecipe(steps=8, batch=8, record_every=4),

@@ -1,4 +1,4 @@
-"""Tests of barrierkit.pac against METHOD section 7 check values and direct binomial sums."""
+"""Tests of barrierkit.pac against docs/METHOD.md §7 check values and direct binomial sums."""
 from __future__ import annotations
 
 import math

@@ -1,5 +1,5 @@
 """Tests of barrierkit.scenario: exactness of constraint generation, solver agreement, an
-independent LP, the float64 re-check, status rules and the METHOD section 6 soundness bound."""
+independent LP, the float64 re-check, status rules and the soundness bound of docs/METHOD.md §6."""
 from __future__ import annotations
 
 import json
@@ -72,7 +72,7 @@ def test_constraint_generation_reaches_full_optimum(seed: int, mu: float, step: 
     if mu > 0:  # unique optimum: the points agree too (tie-break makes gamma, c unique)
         np.testing.assert_allclose(cg.w, full.w, atol=1e-5)
         assert cg.gamma == pytest.approx(full.gamma, abs=1e-5)
-        assert cg.c == full.c == c_max(p.k, p.kappa)
+        assert cg.c == full.c == c_max(p.intervals, p.kappa)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -95,13 +95,13 @@ def _explicit_lp(p: ScenarioProblem):
     m, rows, rhs = p.m, [], []
     for i in range(p.n):
         rows.append(list(p.initial[i]) + [-1.0, 0.0, -1.0]); rhs.append(0.0)
-        for j in range(p.k):
+        for j in range(p.intervals):
             rows.append(list(p.increments[i, j]) + [0.0, -1.0, -1.0]); rhs.append(0.0)
         if p.unsafe[i]:
             rows.append(list(-p.terminal[i]) + [1.0, 0.0, -1.0]); rhs.append(-1.0)
     for u in p.pool:
         rows.append(list(-u) + [1.0, 0.0, -1.0]); rhs.append(-1.0)
-    bounds = [(-p.w_bound, p.w_bound)] * m + [(None, None), (None, (1 - p.kappa) / p.k), (None, None)]
+    bounds = [(-p.w_bound, p.w_bound)] * m + [(None, None), (None, (1 - p.kappa) / p.intervals), (None, None)]
     cost = np.zeros(m + 3)
     cost[-1] = 1.0
     return linprog(cost, A_ub=np.array(rows), b_ub=np.array(rhs), bounds=bounds, method="highs")
@@ -141,7 +141,7 @@ def test_planted_separable_is_certified() -> None:
     assert v.eta_check < -v.tau and v.solver_status == cp.OPTIMAL
     assert np.all(v.trajectory_margins < 0) and v.pool_margin < 0
     assert v.trajectory_margins.shape == (p.n,) and v.trajectory_margins.dtype == np.float64
-    assert p.k * v.c <= 1 - p.kappa and np.all(np.abs(v.w) <= p.w_bound + 1e-9)
+    assert p.intervals * v.c <= 1 - p.kappa and np.all(np.abs(v.w) <= p.w_bound + 1e-9)
     assert v.d == p.m + 4 and v.witness_indices.size == 0
     d = v.to_dict()
     json.dumps(d, allow_nan=False)
@@ -150,12 +150,12 @@ def test_planted_separable_is_certified() -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_one_unsafe_label_is_never_certified(seed: int) -> None:
-    """METHOD section 6: an unsafe scenario forces eta* >= kappa/(K+2), on any features."""
+    """docs/METHOD.md §6: an unsafe scenario forces eta* >= kappa/(K+2), on any features."""
     rng = np.random.default_rng(seed)
     bad = int(rng.integers(0, 30))
     p = random_problem(seed, n=30, k=6, m=3, step=float(rng.choice([1e-3, 1e-2, 0.1])),
                        sep=float(rng.choice([2.0, 8.0, 30.0])), unsafe=(bad,))
-    bound = p.kappa / (p.k + 2)
+    bound = p.kappa / (p.intervals + 2)
     for tie_break in (True, False):
         v = solve(p, tie_break=tie_break)
         assert v.status == "REFUTED" and list(v.witness_indices) == [bad]
@@ -170,7 +170,7 @@ def test_recheck_catches_a_perturbed_solution() -> None:
     v = solve(p)
     assert v.status == "CERTIFIED"
     i, j = 7, 3
-    row = p.n + i * p.k + j  # the C3 row of step j of trajectory i
+    row = p.n + i * p.intervals + j  # the C3 row of step j of trajectory i
     g = p.increments[i, j]
     before = row_values(p, v.w, v.gamma, v.c)[row]
     bump = -before + 1e-6  # move w along g so this one row ends at +1e-6
@@ -189,7 +189,7 @@ def test_recheck_clamps_c() -> None:
     p = planted(2)
     v = solve(p)
     rc = recheck(p, v.w, v.gamma, 2.0 * v.c)
-    assert rc.c_clamped and rc.c == c_max(p.k, p.kappa) and p.k * rc.c <= 1 - p.kappa
+    assert rc.c_clamped and rc.c == c_max(p.intervals, p.kappa) and p.intervals * rc.c <= 1 - p.kappa
     assert not recheck(p, v.w, v.gamma, v.c).c_clamped
     for k in range(1, 200):
         cm = c_max(k, 0.1)

@@ -22,6 +22,7 @@ import torch
 from barrierkit import rng
 from barrierkit.backends import torch_ref
 from barrierkit.backends import triton_gpu
+from barrierkit.backends.base import StepProblem, TrainState
 from barrierkit.config import ConfigError
 from barrierkit.kernels import mlp_step
 from barrierkit.models import MLPShape, init_params
@@ -63,22 +64,22 @@ def make_problem(N, D, hidden, C, B, n, *, kind="sign", norm="inf", rho=0.5, del
     params = init_params(shape, seeds[:, 0].numpy(), dtype=torch.float32, device=device)
 
     def problem():  # a fresh Schedule each time: it caches one epoch permutation
-        return torch_ref.StepProblem(x.to(device), y.to(device), Schedule(seeds[:, 2].to(device), n, B), spec, lr,
+        return StepProblem(x.to(device), y.to(device), Schedule(seeds[:, 2].to(device), n, B), spec, lr,
                                      momentum, weight_decay, torch.float32)
 
     return params, problem
 
 
 def run_both(params, problem, t0, t1, segment=triton_gpu.train_segment):
-    ref = torch_ref.TrainState([p.clone() for p in params])
-    out = torch_ref.TrainState([p.clone() for p in params])
+    ref = TrainState([p.clone() for p in params])
+    out = TrainState([p.clone() for p in params])
     p_ref, p_out = problem(), problem()
     torch_ref.train_segment(ref, p_ref, 0, t0)  # both start from the same state at t0
     torch_ref.train_segment(out, p_out, 0, t0)
     if out.momentum is not None:
         out.momentum = [m.clone() for m in out.momentum]
     torch_ref.train_segment(ref, p_ref, t0, t1)
-    segment(out, p_out, t0, t1)
+    run_both.fallback = segment(out, p_out, t0, t1)  # the reason the steps ran on torch_ref, or None
     return ref, out
 
 
@@ -210,7 +211,7 @@ def test_steps_match_torch_ref(case, steps):
                                    sign_noise=0.3 if kind == "gradient" else 0.0, seed=N + D)
     ref, out = run_both(params, problem, 0, steps)
     assert_states_close(ref, out)
-    assert triton_gpu.LAST_LAUNCH["backend"] == "triton" and triton_gpu.LAST_LAUNCH["fallback"] is None
+    assert run_both.fallback is None
 
 
 def test_segments_split_launches_and_epochs():
@@ -224,18 +225,19 @@ def test_segments_split_launches_and_epochs():
 def test_chunking_is_invisible_and_precision_is_recorded():
     """A trajectory's result does not depend on which others share the launch (bit for bit)."""
     params, problem = make_problem(5, 40, (16,), 4, 6, 30, kind="uniform", momentum=0.9, seed=9)
-    segment = triton_gpu.make_train_segment(input_precision="tf32")
-    assert segment.meta["input_precision"] == "tf32" and triton_gpu.describe()["input_precision"] == "ieee"
-    full = torch_ref.TrainState([p.clone() for p in params])
+    record = triton_gpu.backend("tf32")
+    segment = record.train_segment
+    assert record.name == "triton_tf32" and record.precision == "tf32" and record.describe()["precision"] == "tf32"
+    assert triton_gpu.backend().describe()["precision"] == "ieee"
+    full = TrainState([p.clone() for p in params])
     segment(full, problem(), 0, 3)
     prob = problem()
     keep = torch.tensor([3, 1], device=DEVICE)
     prob.schedule = Schedule(prob.schedule.seeds[keep], prob.schedule.n, prob.schedule.batch)
     prob.poison = PoisonSpec(seeds=prob.poison.seeds[keep], rho=prob.poison.rho, delta=prob.poison.delta,
                              norm=prob.poison.norm, kind=prob.poison.kind)
-    part = torch_ref.TrainState([p[keep].clone() for p in params])
-    segment(part, prob, 0, 3)
-    assert triton_gpu.LAST_LAUNCH["input_precision"] == "tf32"
+    part = TrainState([p[keep].clone() for p in params])
+    assert segment(part, prob, 0, 3) is None
     for a, b in zip(full.params, part.params):
         assert torch.equal(a[keep], b)
 
@@ -245,10 +247,11 @@ def test_uniform_l2_falls_back_to_torch_ref():
     ref, out = run_both(params, problem, 0, 3)
     for a, b in zip(ref.params, out.params):
         assert torch.equal(a, b)
-    assert triton_gpu.LAST_LAUNCH["backend"] == "torch_ref" and "uniform l_2" in triton_gpu.LAST_LAUNCH["fallback"]
+    assert "uniform l_2" in run_both.fallback
+    assert not triton_gpu.backend().runs_natively("uniform", "2") and triton_gpu.backend().runs_natively("uniform", "inf")
 
 
-def test_engine_sample_with_triton_backend(small_data, monkeypatch):
+def test_engine_sample_with_triton_backend(small_data):
     """engine.sample with the triton segment function: the same features as the torch backend (fp32)."""
     from barrierkit import engine
     from barrierkit.config import FeatureSpec, ModelSpec, SampleConfig, SamplingAttack, ThreatModel, TrainRecipe
@@ -257,10 +260,10 @@ def test_engine_sample_with_triton_backend(small_data, monkeypatch):
                           recipe=TrainRecipe(steps=8, batch=8, lr=0.2, momentum=0.9, record_every=4, dtype="float32"),
                           threat=ThreatModel(norm="inf", rho=0.4), attack=SamplingAttack(kind="gradient", sign_noise=0.2),
                           features=FeatureSpec(projection_dim=4, probe_size=32))
-    seeds = engine.trajectory_seeds(3, engine.PURPOSE_SAMPLE, 3)
+    seeds = rng.trajectory_seeds(3, rng.Purpose.SAMPLE, 3)
     ref = engine.sample(config, 0.2, seeds, data=small_data, progress=False, device=DEVICE)
-    monkeypatch.setattr(engine, "get_backend", lambda name: triton_gpu.train_segment)
-    out = engine.sample(config, 0.2, seeds, data=small_data, progress=False, device=DEVICE)
+    out = engine.sample(config, 0.2, seeds, data=small_data, progress=False, device=DEVICE, backend="triton")
+    assert out.meta["backend"] == "triton" and out.meta["fallbacks"] == []
     np.testing.assert_allclose(out.features, ref.features, rtol=1e-4, atol=1e-5)
 
 
@@ -329,7 +332,7 @@ def test_backend_rejects_float64():
     params, problem = make_problem(2, 6, (5,), 3, 4, 10)
     prob = problem()
     prob.dtype = torch.float64
-    state = torch_ref.TrainState([p.double() for p in params])
+    state = TrainState([p.double() for p in params])
     with pytest.raises(ConfigError, match="float32"):
         triton_gpu.train_segment(state, prob, 0, 1)
 
@@ -340,7 +343,7 @@ def test_backend_validates_data_once():
     prob.x_train = prob.x_train.clone()
     prob.x_train[0, 0] = float("nan")
     with pytest.raises(ValueError, match="^x: .*NaN"):
-        triton_gpu.train_segment(torch_ref.TrainState([p.clone() for p in params]), prob, 0, 1)
+        triton_gpu.train_segment(TrainState([p.clone() for p in params]), prob, 0, 1)
 
 
 # --------------------------------------------------------------------------- compiles for Hopper (no GPU needed)

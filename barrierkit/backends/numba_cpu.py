@@ -1,4 +1,4 @@
-"""CPU fast path: the ``torch_ref`` contract in numba, parallel over trajectories, no fastmath.
+"""CPU fast path: the backend contract (:mod:`barrierkit.backends.base`) in numba, parallel over trajectories, no fastmath.
 
 ``train_segment(state, problem, t0, t1)`` advances the N trajectories of ``state`` in place,
 exactly as :func:`barrierkit.backends.torch_ref.train_segment` does: the same batch order (the
@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
-import numba
 import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401  the BLAS numba's np.dot calls: loaded before it is limited
 import torch
@@ -43,7 +42,8 @@ from numba import njit, prange
 
 from ..poison import PoisonSpec, poison_batch
 from ..rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, PHILOX_ROUNDS, Stream
-from .torch_ref import StepProblem, TrainState
+from ..features import FeatureMap
+from .base import Backend, Capabilities, StepProblem, TrainState
 
 NAME = "numba"
 
@@ -364,10 +364,11 @@ def _check_shapes(views: List[np.ndarray], widths: np.ndarray, problem: StepProb
             raise ValueError(f"poison.{name}: shape {tuple(t.shape)}, expected {want}")
 
 
-def train_segment(state: TrainState, problem: StepProblem, t0: int, t1: int) -> None:
-    """Advance all trajectories from step t0 to step t1 (exclusive), in place (torch_ref contract)."""
+def train_segment(state: TrainState, problem: StepProblem, t0: int, t1: int) -> Optional[str]:
+    """Advance all trajectories from step t0 to step t1 (exclusive), in place (the backend contract);
+    never falls back (the l_2 uniform attack's rows are poisoned on the host, then trained here)."""
     if t1 <= t0:
-        return
+        return None
     params = state.params
     if len(params) < 2 or len(params) % 2:
         raise ValueError("params: expected [W1, b1, W2, b2, ...]")
@@ -413,11 +414,13 @@ def train_segment(state: TrainState, problem: StepProblem, t0: int, t1: int) -> 
             _train_kernel(ws, bs, mws, mbs, widths, idx, x_train, y_train, host_x, hyper, use_momentum, *poison)
     for t, a in write_back:
         t.copy_(torch.from_numpy(a))
+    return None
 
 
-def threads() -> int:
-    """Threads the kernels run on (numba's setting)."""
-    return numba.get_num_threads()
+BACKEND = Backend(
+    name=NAME, precision="ieee", train_segment=train_segment, feature_map=FeatureMap,
+    capabilities=Capabilities(devices=frozenset({"cpu"}), dtypes=frozenset({"float32", "float64"})),
+    summary="the CPU fast path: one numba kernel per segment, parallel over trajectories",
+)
 
-
-__all__ = ["train_segment", "philox4x32", "poison_rows", "NAME", "threads"]
+__all__ = ["train_segment", "philox4x32", "poison_rows", "NAME", "BACKEND"]

@@ -5,38 +5,16 @@ over trajectories and no autograd. Runs on CPU and GPU. Every other backend is t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
+from ..features import FeatureMap
 from ..models import Params, forward
-from ..poison import PoisonSpec, poison_batch
-from ..schedule import Schedule
+from ..poison import poison_batch
+from .base import Backend, Capabilities, StepProblem, TrainState
 
 NAME = "torch"
-
-
-@dataclass
-class StepProblem:
-    """What the steps of one chunk read: clean data, batch order, poison, hyper-parameters."""
-
-    x_train: torch.Tensor  # [n, D] float64, clean, on the compute device
-    y_train: torch.Tensor  # [n] int64
-    schedule: Schedule
-    poison: PoisonSpec
-    lr: float
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    dtype: torch.dtype = torch.float32
-
-
-@dataclass
-class TrainState:
-    """Parameters of N models (updated in place) and their momentum buffers."""
-
-    params: Params
-    momentum: Optional[List[torch.Tensor]] = field(default=None)
 
 
 def mlp_gradients(params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
@@ -71,10 +49,18 @@ def sgd_update(state: TrainState, grads: Params, lr: float, momentum: float, wei
         p.sub_(g, alpha=lr)
 
 
-def train_segment(state: TrainState, problem: StepProblem, t0: int, t1: int) -> None:
-    """Advance all trajectories from step t0 to step t1 (exclusive), in place."""
+def train_segment(state: TrainState, problem: StepProblem, t0: int, t1: int) -> Optional[str]:
+    """Advance all trajectories from step t0 to step t1 (exclusive), in place; never falls back."""
     for t in range(t0, t1):
         idx = problem.schedule.indices(t)
         x = poison_batch(problem.poison, problem.x_train[idx], idx, problem.dtype)
         grads = mlp_gradients(state.params, x, problem.y_train[idx])
         sgd_update(state, grads, problem.lr, problem.momentum, problem.weight_decay)
+    return None
+
+
+BACKEND = Backend(
+    name=NAME, precision="ieee", train_segment=train_segment, feature_map=FeatureMap,
+    capabilities=Capabilities(devices=frozenset({"cpu", "cuda"}), dtypes=frozenset({"float32", "float64"})),
+    summary="the readable reference: batched torch ops, closed-form backward (CPU and CUDA)",
+)

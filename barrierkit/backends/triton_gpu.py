@@ -1,6 +1,6 @@
 """The Triton backend: the fused per-trajectory SGD kernel of ``kernels/mlp_step.py``.
 
-``train_segment(state, problem, t0, t1)`` has the contract of :mod:`torch_ref`: it advances every
+``train_segment(state, problem, t0, t1)`` keeps the contract of :mod:`barrierkit.backends.base`: it advances every
 trajectory from step t0 to t1 in place. The host builds the ``[N, S, B]`` batch indices from
 ``problem.schedule`` (so the batch order is the reference's by construction) and launches one
 program per trajectory for up to ``max_steps`` steps at a time; the poison is regenerated inside
@@ -15,10 +15,10 @@ Scope and deviations (all deliberate, all tested against ``torch_ref`` in float3
   float64 and rounds once: the two differ by at most ~2 ulp of the input. Unpoisoned inputs are
   identical.
 - Dots run with ``input_precision`` "ieee" (default: fp32 operands, like torch's bmm with TF32
-  off) or "tf32" (tensor cores; changes the simulated dynamics, which METHOD.md section 10 allows,
-  so the choice is recorded in ``train_segment.meta``). Summation order differs from torch's bmm.
-- Fallback to ``torch_ref.train_segment`` (same contract, so results stay valid; the reason is
-  recorded in ``LAST_LAUNCH``): the ``uniform`` attack in l_2 (Box-Muller plus a per-point norm,
+  off) or "tf32" (tensor cores; changes the simulated dynamics, which docs/METHOD.md §9 allows,
+  so the choice is the backend record's ``precision``). Summation order differs from torch's bmm.
+- Fallback to ``torch_ref.train_segment`` (same contract, so results stay valid; ``train_segment``
+  returns the reason and the engine records it): the ``uniform`` attack in l_2 (Box-Muller plus a per-point norm,
   not fused), and batch or layer widths above ``mlp_step.MAX_WIDTH``. MLPs with 1 or 2 hidden
   layers run fused.
 - Validation: the launcher checks shapes, dtypes and devices on every launch; value checks
@@ -45,18 +45,17 @@ from ..data import Dataset
 from ..features import FeatureMap
 from ..models import MLPShape
 from . import torch_ref
-from .torch_ref import StepProblem, TrainState
+from .base import ALL_ATTACKS, Backend, Capabilities, StepProblem, TrainState
 
 NAME = "triton"
 DEFAULT_PRECISION = "ieee"
 MAX_STEPS_PER_LAUNCH = 64
 
-LAST_LAUNCH: Dict[str, object] = {}
 _CACHE: Dict[Tuple[int, str], Tuple[weakref.ref, int, torch.Tensor]] = {}
 _CACHE_LIMIT = 8
 
 
-def _kernels(module: str = "mlp_step"):
+def kernel_module(module: str = "mlp_step"):
     """kernels/<module>.py, imported lazily (Triton is an optional dependency)."""
     import importlib
 
@@ -99,7 +98,7 @@ def _attack(problem: StepProblem) -> Tuple[str, str]:
 def make_train_segment(input_precision: str = DEFAULT_PRECISION, max_steps: int = MAX_STEPS_PER_LAUNCH,
                        validate: str = "first", block_d: Optional[int] = None, num_warps: Optional[int] = None,
                        num_stages: Optional[int] = None):
-    """A ``train_segment`` bound to a dot precision and tuning; its ``meta`` says which."""
+    """A ``train_segment`` bound to a dot precision and tuning (see :func:`backend`)."""
     if input_precision not in ("ieee", "tf32"):
         raise ConfigError("input_precision", f"must be 'ieee' or 'tf32', got {input_precision!r}")
     if validate not in ("first", "always"):
@@ -107,14 +106,15 @@ def make_train_segment(input_precision: str = DEFAULT_PRECISION, max_steps: int 
     if not (isinstance(max_steps, int) and max_steps >= 1):
         raise ConfigError("max_steps", f"must be an int >= 1, got {max_steps!r}")
 
-    def train_segment(state: TrainState, problem: StepProblem, t0: int, t1: int) -> None:
-        """Advance all trajectories from step t0 to step t1 (exclusive), in place (fused Triton kernel)."""
+    def train_segment(state: TrainState, problem: StepProblem, t0: int, t1: int) -> Optional[str]:
+        """Advance all trajectories from step t0 to step t1 (exclusive), in place (fused Triton
+        kernel); the reason when the steps ran on the torch reference instead, else None."""
         if t1 <= t0:
-            return
+            return None
         if problem.dtype != torch.float32 or any(p.dtype != torch.float32 for p in state.params):
             raise ConfigError("dtype", "the triton backend trains in float32; use recipe dtype 'float32' "
                                        "(or the torch backend for float64)")
-        ms = _kernels()
+        ms = kernel_module()
         attack, norm = _attack(problem)
         hidden = [int(state.params[2 * k].shape[1]) for k in range(len(state.params) // 2 - 1)]
         n_classes = int(state.params[-2].shape[1])
@@ -122,10 +122,8 @@ def make_train_segment(input_precision: str = DEFAULT_PRECISION, max_steps: int 
         if reason is not None:
             if not (attack == "uniform" and norm == "2"):
                 warnings.warn(f"triton backend falls back to torch_ref: {reason}", RuntimeWarning, stacklevel=2)
-            LAST_LAUNCH.clear()
-            LAST_LAUNCH.update(backend="torch_ref", fallback=reason, steps=(t0, t1))
             torch_ref.train_segment(state, problem, t0, t1)
-            return
+            return reason
         for k, p in enumerate(state.params):
             if not p.is_contiguous():
                 raise ValueError(f"params[{k}]: the triton backend updates parameters in place; they must be contiguous")
@@ -153,14 +151,25 @@ def make_train_segment(input_precision: str = DEFAULT_PRECISION, max_steps: int 
                 num_warps=num_warps, num_stages=num_stages, validate=check,
             )
             check = validate == "always"
-        LAST_LAUNCH.clear()
-        LAST_LAUNCH.update(train_segment.meta, fallback=None, steps=(t0, t1))
+        return None
 
-    train_segment.meta = {  # type: ignore[attr-defined]
-        "backend": NAME, "input_precision": input_precision, "data_dtype": "float32", "param_dtype": "float32",
-        "max_steps_per_launch": max_steps, "block_d": block_d, "num_warps": num_warps, "num_stages": num_stages, "validate": validate,
-    }
     return train_segment
+
+
+def backend(input_precision: str = DEFAULT_PRECISION, **tuning) -> Backend:
+    """The record of the fused backend with ``input_precision`` dots ("ieee": ``triton``, "tf32":
+    ``triton_tf32``); ``tuning`` (max_steps, validate, block_d, num_warps, num_stages) changes
+    launches, not results."""
+    name = NAME if input_precision == DEFAULT_PRECISION else f"{NAME}_{input_precision}"
+    settings = {"max_steps": MAX_STEPS_PER_LAUNCH, "validate": "first", **tuning}
+    return Backend(
+        name=name, precision=input_precision, train_segment=make_train_segment(input_precision, **settings),
+        feature_map=FusedFeatureMap,
+        capabilities=Capabilities(devices=frozenset({"cuda"}), dtypes=frozenset({"float32"}),
+                                  native_attacks=ALL_ATTACKS - {("uniform", "2")}, cpu_needs_interpreter=True),
+        summary=f"the fused Triton kernel per trajectory ({input_precision} dots), fp32 training",
+        tuning={"data_dtype": "float32", "param_dtype": "float32", **settings},
+    )
 
 
 train_segment = make_train_segment()
@@ -178,7 +187,7 @@ class FusedFeatureMap(FeatureMap):
 
     def __init__(self, spec: FeatureSpec, shape: MLPShape, data: Dataset, device: torch.device | str = "cpu"):
         super().__init__(spec, shape, data, device=device)
-        self.kernel = _kernels("mlp_features")
+        self.kernel = kernel_module("mlp_features")
         self.fallback = self.kernel.unsupported_reason(shape.hidden, shape.n_classes, spec.projection_dim)
         if self.fallback is None and not self.kernel.interpreting():  # the interpreter has no resource limits
             self.fallback = self._trial_launch(shape)
@@ -212,9 +221,4 @@ class FusedFeatureMap(FeatureMap):
         return self.kernel.mlp_features(params, x, y, validate=False)[:, 1]
 
 
-def describe() -> dict:
-    """What the default ``train_segment`` simulates (for the trajectories' metadata)."""
-    return dict(train_segment.meta)  # type: ignore[attr-defined]
-
-
-__all__ = ["train_segment", "make_train_segment", "FusedFeatureMap", "describe", "NAME", "LAST_LAUNCH"]
+__all__ = ["train_segment", "make_train_segment", "backend", "kernel_module", "FusedFeatureMap", "NAME"]
