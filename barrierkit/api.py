@@ -39,8 +39,9 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
     """
     start = time.perf_counter()
     if not isinstance(config, CertifyConfig):
-        raise ConfigError("config", f"certify() needs a CertifyConfig, got {type(config).__name__} "
-                                    "(a SampleConfig describes the runs only: wrap it as CertifyConfig(sample=...))")
+        hint = (" (a SampleConfig describes the runs only: wrap it as CertifyConfig(sample=...))"
+                if isinstance(config, SampleConfig) else " (a dict: CertifyConfig.from_dict(...))" if isinstance(config, dict) else "")
+        raise ConfigError("config", f"certify() needs a CertifyConfig, got {type(config).__name__}{hint}")
     pac.check_verify_runs(config)
     device = resolve_device(device)
     named = get_dataset(config.sample.dataset)

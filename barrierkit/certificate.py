@@ -18,19 +18,16 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import numpy as np
 
-from . import pac
-from .config import CertifyConfig
-from .context import radius_context
-from .data import Dataset
 from .io import write_json
 from .labels import SafetyRule, chance_hits
-from .models import MLPShape
-from .outcomes import overall_status
-from .radius import max_budget, radii
+
+if TYPE_CHECKING:  # assemble's imports are made when it runs: reading a certificate needs none of them
+    from .config import CertifyConfig
+    from .data import Dataset
 
 FORMAT = "barrierkit.certificate/2"
 OLD_FORMATS = ("barrierkit.certificate/1",)
@@ -191,10 +188,16 @@ def assemble(config: CertifyConfig, data: Dataset, rule: SafetyRule, clean_hits:
     run was made with: ``versions``, ``backend``, ``device`` and ``features_by``."""
     import time
 
+    from . import pac
+    from .context import radius_context
+    from .models import MLPShape
+    from .outcomes import overall_status
+    from .radius import max_budget, radii
+
     scfg = config.sample
     status, reason, best = overall_status(probes)
     top = max_budget(scfg.threat.norm, scfg.threat.domain, data.input_dim)
-    found = radii(probes, top, config.delta_hi)
+    found = radii(probes, best, top, config.delta_hi)
     context = None
     if best is not None:
         context = radius_context(best["delta"], scfg.threat.norm, data.x_train, data.y_train)

@@ -262,7 +262,7 @@ def _progress(args: argparse.Namespace) -> Optional[bool]:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .backends import resolve_device
+    from .backends import resolve, resolve_device
     from .config import check_alpha, check_count
     from .data import get_dataset
     from .engine import check_memory, clean_runs, sample
@@ -286,9 +286,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     outputs = check_outputs([("out", args.out), ("summary", summary_path)])
     refuse_to_overwrite_the_config(args, outputs)
     device = resolve_device(args.device)
+    backend = resolve(args.backend, device, config.recipe.dtype)  # once, for the clean runs too
     with OutputLocks(outputs):
         data = get_dataset(config.dataset)
-        kw = dict(data=data, backend=args.backend, device=device, progress=_progress(args))
+        kw = dict(data=data, backend=backend, device=device, progress=_progress(args))
         runs = sample(config, args.delta, trajectory_seeds(args.seed, Purpose.SAMPLE, args.n), **kw)
         summary = {
             "n": runs.n, "delta": runs.delta, "intervals": runs.intervals, "out": outputs[0][1],
@@ -349,7 +350,12 @@ def certify_config_from_args(args: argparse.Namespace) -> CertifyConfig:
     from .pac import check_verify_runs
 
     config = config_from_args(args, CertifyConfig)
-    check_verify_runs(config)
+    try:
+        check_verify_runs(config)
+    except ConfigError as exc:
+        if args.config is None:
+            raise
+        raise in_file(args.config, exc) from None
     return config
 
 

@@ -146,7 +146,8 @@ class ThreatModel:
 
     norm: str = setting("inf", "perturbation norm: inf or 2")
     rho: float = setting(0.5, "probability that a training point is poisoned")
-    domain: Tuple[float, float] = setting((0.0, 1.0), "input domain LOW,HIGH: a poisoned point is projected back into it")
+    domain: Tuple[float, float] = setting((0.0, 1.0), "input domain LOW,HIGH: a poisoned point is projected back into it "
+                                                               "(a negative LOW is written --domain=-1,1)")
 
     def __post_init__(self) -> None:
         _plain(self)
@@ -285,9 +286,25 @@ class SampleConfig:
         """The inverse of :meth:`to_dict`; a missing key takes its field's default (an unknown
         key is a TypeError)."""
         kinds = field_types(cls)
-        parts = {name: nested_config(kinds[name])(**value) for name, value in d.items()
-                 if nested_config(kinds.get(name)) is not None}
+        parts = {}
+        for name, value in d.items():
+            table = nested_config(kinds.get(name))
+            if table is not None:
+                try:
+                    parts[name] = table(**value)
+                except ConfigError as exc:
+                    raise within(name, exc) from None
         return cls(**{**d, **parts})
+
+
+_KEY_OF_FIELD = {"feature seed": "seed", "attack": "kind"}
+"""Error field names that are not their setting's key."""
+
+
+def within(table: str, exc: ConfigError) -> ConfigError:
+    """``exc``, raised by the settings table ``table``, naming its dotted key (``sample.recipe.lr``)."""
+    name = exc.field.removeprefix("BarrierConfig.")
+    return ConfigError(f"{table}.{_KEY_OF_FIELD.get(name, name)}", exc.message)
 
 
 def check_delta(delta: Any) -> float:
@@ -389,6 +406,7 @@ class CertifyConfig:
         _plain(self)
         _check(self.barrier is None or isinstance(self.barrier, (BarrierConfig, dict)), "barrier",
                f"must be a BarrierConfig (or its dict), got {type(self.barrier).__name__}")
+        _check(_finite(self.kappa) and 0.0 < self.kappa < 1.0, "kappa", f"must be in (0, 1), got {self.kappa!r}")
         if not isinstance(self.barrier, BarrierConfig):
             object.__setattr__(self, "barrier", BarrierConfig(**{"kappa": self.kappa, **(self.barrier or {})}))
         check_alpha(self.alpha)
@@ -405,10 +423,12 @@ class CertifyConfig:
             v = getattr(self, name)
             _check(v is None or (_finite(v) and v > 0), name, f"must be a finite number > 0 (or unset), got {v!r}")
         _check(_finite(self.pool_rho) and 0.0 < self.pool_rho <= 1.0, "pool_rho", f"must be in (0, 1], got {self.pool_rho!r}")
-        _check(_finite(self.kappa) and 0.0 < self.kappa < 1.0, "kappa", f"must be in (0, 1), got {self.kappa!r}")
         _check(self.barrier.kappa == self.kappa, "kappa",
-               f"is {self.kappa!r} but barrier.kappa is {self.barrier.kappa!r}: the fit and the scenario program share one kappa")
+               f"is {self.kappa!r} but barrier.kappa is {self.barrier.kappa!r}: the fit and the scenario program share one "
+               "kappa (give the barrier as a dict to take kappa from here, or set BarrierConfig(kappa=...) to match)")
         _check(_finite(self.mu) and self.mu >= 0, "mu", f"must be >= 0, got {self.mu!r}")
+        if isinstance(self.solver, str):
+            object.__setattr__(self, "solver", self.solver.strip().upper())
         _check(self.solver in SOLVERS, "solver", f"must be one of {SOLVERS}, got {self.solver!r}")
         _check(self.solver != "HIGHS" or self.mu == 0, "solver", "HIGHS solves LPs only: set mu = 0")
         _check(_seed(self.seed), "seed", "must be an int in [0, 2**63)")
@@ -436,5 +456,13 @@ class CertifyConfig:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "CertifyConfig":
         d = dict(d)
-        d["sample"] = SampleConfig.from_dict(d.get("sample", {}))
-        return cls(**d)
+        try:
+            d["sample"] = SampleConfig.from_dict(d.get("sample", {}))
+        except ConfigError as exc:
+            raise within("sample", exc) from None
+        try:
+            return cls(**d)
+        except ConfigError as exc:
+            if exc.field.startswith("BarrierConfig."):
+                raise within("barrier", exc) from None
+            raise

@@ -15,8 +15,6 @@ import sys
 import typing
 from typing import Any, Dict, Tuple, Type, TypeVar
 
-import tomli_w
-
 from .config import CertifyConfig, ConfigError, SampleConfig, field_types, given_type, nested_config
 
 if sys.version_info >= (3, 11):
@@ -78,6 +76,8 @@ def dump_config(config: CertifyConfig | SampleConfig) -> str:
     header = [f"# barrierkit {type(config).__name__}: read it with `barrierkit {command} --config FILE`."]
     if unset:
         header.append(f"# Left out because unset (automatic): {', '.join(unset)}.")
+    import tomli_w  # only writing needs it
+
     return "\n".join(header) + "\n\n" + tomli_w.dumps(without_unset(table))
 
 

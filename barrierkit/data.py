@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
 import numpy as np
-import torch
 
 from .config import ConfigError
 from .rng import Stream, bits_numpy, normal_pair_numpy, uniform_from_bits_numpy
@@ -74,12 +74,15 @@ class Dataset:
 
 
 def _host_array(a: Any, name: str) -> Any:
-    """A torch tensor (on any device) as a numpy array; anything else unchanged (checked after)."""
-    if isinstance(a, torch.Tensor):
-        if a.is_complex() or a.dtype == torch.bool:
-            raise ConfigError(name, f"must be a real or integer array, got a {a.dtype} tensor")
-        return a.detach().cpu().numpy().copy()
-    return a
+    """A torch tensor (on any device) as a numpy array (floating tensors as float64); anything
+    else unchanged (checked after). torch is not imported for this: without it, nothing is a tensor."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(a, torch.Tensor):
+        return a
+    if a.is_complex() or a.dtype == torch.bool:
+        raise ConfigError(name, f"must be a real or integer array, got a {a.dtype} tensor")
+    a = a.detach().cpu()
+    return (a.to(torch.float64) if a.is_floating_point() else a).numpy().copy()
 
 
 def load_digits() -> Dataset:

@@ -106,8 +106,10 @@ def sample(
 ) -> Trajectories:
     """Run one training trajectory per row of ``seeds`` at budget ``delta``; record phi and g.
 
-    ``backend`` is a record from :func:`barrierkit.backends.resolve` or a name resolved here; the
-    steps it handed to the torch reference are listed in the result's ``meta["fallbacks"]``."""
+    ``backend`` is a record from :func:`barrierkit.backends.resolve` or a name resolved here
+    (default: the torch reference on the CPU, the engine's slow readable path; ``certify`` and
+    ``replay`` default to ``auto``); the steps it handed to the torch reference are listed in the
+    result's ``meta["fallbacks"]``."""
     delta = check_delta(delta)
     seeds = _validate_seeds(seeds)
     check_memory(config, seeds.shape[0])

@@ -10,6 +10,7 @@ and verification, all i.i.d. draws of A_delta).
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -31,6 +32,8 @@ from .outcomes import (VERDICT_FIELDS, a_posteriori_epsilon, first_unsafe, label
 from .scenario import ScenarioProblem, solve
 from .trajectories import Trajectories
 
+log = logging.getLogger("barrierkit")
+
 TIMING_FIELDS = ("sampling_s", "sampling_train_s", "sampling_features_s", "sampling_eval_s", "barrier_s", "scp_s")
 """Where a certification's time goes after the clean runs (a certificate's ``timings`` adds total_s, clean_s)."""
 
@@ -48,6 +51,7 @@ class Certification:
     progress: Optional[bool] = None
     timings: Dict[str, float] = field(default_factory=lambda: {key: 0.0 for key in TIMING_FIELDS})
     trajectories_sampled: int = 0
+    fallbacks: List[str] = field(default_factory=list)  # why the backend ran segments on the torch reference
 
     def __post_init__(self) -> None:
         self.backend = resolve(self.backend, self.device, self.config.sample.recipe.dtype)
@@ -61,6 +65,10 @@ class Certification:
         for part in ("train_s", "features_s", "eval_s"):  # where sampling's time went (certify --profile)
             self.timings[f"sampling_{part}"] += float(runs.meta["timings"][part])
         self.trajectories_sampled += n
+        for reason in runs.meta["fallbacks"]:
+            if reason not in self.fallbacks:
+                self.fallbacks.append(reason)
+                log.warning("backend %s handed segments to the torch reference: %s", self.backend.name, reason)
         return runs
 
     def pool_above(self, delta: float) -> np.ndarray:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, List, Optional
 
-from .outcomes import overall_status
-
 Probe = Callable[[float, int], Dict[str, Any]]
 
 
@@ -70,14 +68,15 @@ def search(probe: Probe, *, max_probes: int, budget_max: float, delta_start: flo
     return probes
 
 
-def radii(probes: List[Dict[str, Any]], budget_max: float, delta_hi: Optional[float]) -> Dict[str, Any]:
-    """The radii a list of probe records supports.
+def radii(probes: List[Dict[str, Any]], best: Optional[Dict[str, Any]], budget_max: float,
+          delta_hi: Optional[float]) -> Dict[str, Any]:
+    """The radii a list of probe records supports, ``best`` its certified probe
+    (:func:`barrierkit.outcomes.overall_status`) or None.
 
     delta_cert: the largest certified budget; delta_direct: the largest budget passing the direct
     (d = 1) bound; delta_fail: the smallest probed budget above delta_cert that did not certify;
     whole_domain: the largest admissible budget certified; capped_by_user: the user's delta_hi
     certified below it, so larger budgets were not searched."""
-    best = overall_status(probes)[2]
     cert = best["delta"] if best is not None else None
     direct = [p["delta"] for p in probes if p["direct"]["passed"]]
     above = [p["delta"] for p in probes if p["status"] != "CERTIFIED" and (cert is None or p["delta"] > cert)]

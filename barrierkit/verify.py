@@ -162,7 +162,7 @@ def _check_document(doc: Dict[str, Any]) -> List[str]:
             problems.append(f"{key} is given although nothing was certified")
         elif best is not None:
             problems += differences(key, doc.get(key), best.get(key))
-    found = radii(probes, top, cfg.delta_hi)
+    found = radii(probes, best, top, cfg.delta_hi)
     problems += differences("radii", doc["radii"], found)
     problems += _check_context(doc, found["delta_cert"], threat.norm, shape.input_dim)
     runs = cfg.n_clean + cfg.n_pool + sum(p["n_train"] + p["n_verify"] for p in probes)

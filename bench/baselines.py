@@ -219,20 +219,15 @@ def build(method: str, inputs: Inputs) -> Stepper:
         return LoopStepper(inputs)
     if method in ("torch.func", "torch.func+compile"):
         return FuncStepper(inputs, compiled=method.endswith("compile"))
-    if method == "numba":
-        if cuda:
-            raise Unavailable(f"numba runs on the CPU; device is {inputs.device}")
+    if method in ("numba", "triton", "triton_tf32"):
+        module = "numba" if method == "numba" else "triton"
         try:
-            import numba  # noqa: F401
+            __import__(module)
         except ImportError:
-            raise Unavailable("numba is not installed (pip install -e '.[cpu]')") from None
-        return BackendStepper(inputs, "numba")
-    if method.startswith("triton"):
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            raise Unavailable("triton is not installed (pip install -e '.[gpu]')") from None
-        if inputs.dtype != torch.float32:
-            raise Unavailable("the triton backend trains in float32 only")
+            extra = "cpu" if module == "numba" else "gpu"
+            raise Unavailable(f"{module} is not installed (pip install -e '.[{extra}]')") from None
+        reason = backends.get(method).unsupported(inputs.device, inputs.config.recipe.dtype)
+        if reason is not None:
+            raise Unavailable(reason)
         return BackendStepper(inputs, method)
     return BackendStepper(inputs, "torch")

@@ -131,3 +131,30 @@ def test_a_missing_trajectories_file_names_it(tmp_path):
 
     with pytest.raises(TrajectoriesError, match="missing.npz: cannot read trajectories: No such file"):
         Trajectories.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("table,key", [({"sample": {"recipe": {"lr": -1.0}}}, "sample.recipe.lr"),
+                                       ({"barrier": {"width": 0}}, "barrier.width"),
+                                       ({"sample": {"features": {"seed": -1}}}, "sample.features.seed"),
+                                       ({"sample": {"attack": {"kind": "optimal"}}}, "sample.attack.kind"),
+                                       ({"kappa": 1.5}, "kappa")])
+def test_a_bad_setting_from_a_table_names_its_dotted_key(table, key):
+    from barrierkit import CertifyConfig
+
+    with pytest.raises(ConfigError) as err:
+        CertifyConfig.from_dict(table)
+    assert err.value.field == key
+
+
+def test_solver_names_are_case_insensitive_everywhere():
+    from barrierkit import CertifyConfig
+
+    assert CertifyConfig(solver="highs", mu=0.0).solver == "HIGHS" == CertifyConfig.from_dict({"solver": " Highs ", "mu": 0}).solver
+
+
+def test_dataset_converts_low_precision_float_tensors_to_float64():
+    from barrierkit.data import Dataset
+
+    x = torch.linspace(0, 1, 12, dtype=torch.bfloat16).reshape(4, 3)
+    data = Dataset("bf16", x, torch.tensor([0, 1, 0, 1]), x[:2], torch.tensor([0, 1]), 2)
+    assert data.x_train.dtype == np.float64 and np.allclose(data.x_train, x.to(torch.float64).numpy())

@@ -4,6 +4,7 @@ import copy
 import pytest
 
 from barrierkit.certificate import Certificate
+from barrierkit.outcomes import overall_status
 from barrierkit.radius import radii
 from barrierkit.report import radii_lines, summary_text
 
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.portability  # also run under ATEN_CPU_CAPABILITY=defau
 
 
 def with_radii(doc):
-    doc["radii"] = radii(doc["probes"], doc["radii"]["max_budget"], doc["config"]["delta_hi"])
+    doc["radii"] = radii(doc["probes"], overall_status(doc["probes"])[2], doc["radii"]["max_budget"], doc["config"]["delta_hi"])
     return doc
 
 

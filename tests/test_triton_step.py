@@ -251,6 +251,20 @@ def test_uniform_l2_falls_back_to_torch_ref():
     assert not triton_gpu.backend().runs_natively("uniform", "2") and triton_gpu.backend().runs_natively("uniform", "inf")
 
 
+@pytest.mark.parametrize("kind", ["uniform", "sign", "gradient"])
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_the_record_says_what_the_kernel_runs(kind, norm):
+    """The backend record's native attacks are exactly those the fused kernel takes."""
+    runs = mlp_step.unsupported_reason(kind, norm, [8], 8, 3) is None
+    assert triton_gpu.backend().runs_natively(kind, norm) == runs == triton_gpu.backend("tf32").runs_natively(kind, norm)
+
+
+def test_records_are_made_once():
+    from barrierkit import backends
+
+    assert backends.get("triton") is backends.get("triton") and hash(backends.get("triton_tf32"))
+
+
 def test_engine_sample_with_triton_backend(small_data):
     """engine.sample with the triton segment function: the same features as the torch backend (fp32)."""
     from barrierkit import engine

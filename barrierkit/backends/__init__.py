@@ -11,6 +11,7 @@ The contract every backend keeps is in :mod:`barrierkit.backends.base`.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict
 
 import torch
@@ -27,6 +28,7 @@ def _numba() -> Backend:
 
 
 def _triton(precision: str) -> Callable[[], Backend]:
+    @functools.lru_cache(maxsize=None)  # one record per process, like the others
     def make() -> Backend:
         from . import triton_gpu
 

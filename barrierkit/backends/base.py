@@ -100,7 +100,7 @@ class Backend:
     feature_map: FeatureMapFactory
     capabilities: Capabilities
     summary: str
-    tuning: Dict[str, Any] = field(default_factory=dict)  # launch settings that do not change results
+    tuning: Dict[str, Any] = field(default_factory=dict, hash=False)  # launch settings that do not change results
 
     def unsupported(self, device: torch.device, dtype: str, family: str = "mlp") -> Optional[str]:
         """Why this backend cannot train ``family`` in ``dtype`` on ``device``, or None."""
