@@ -332,4 +332,4 @@ def compile_report(*, hidden: Sequence[int] = (64,), n_classes: int = 10, k: int
     return report
 
 
-__all__ = ["mlp_features", "compile_report", "default_tuning", "unsupported_reason", "MAX_WIDTH", "MAX_PROJECTION", "PARAM_DTYPES"]
+__all__ = ["mlp_features", "compile_report", "default_tuning", "unsupported_reason", "interpreting", "MAX_WIDTH", "MAX_PROJECTION", "PARAM_DTYPES"]

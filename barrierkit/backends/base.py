@@ -19,15 +19,13 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 import torch
 
 from ..config import ATTACKS, DTYPES, NORMS, SampleConfig
-from ..data import Dataset
 from ..features import FeatureMap
-from ..models import MLPShape, Params
+from ..models import Params
 from ..poison import PoisonSpec
 from ..schedule import Schedule
 
-TORCH_DTYPES: Dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+TORCH_DTYPES: Dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES}
 """The training dtypes of :data:`barrierkit.config.DTYPES` as torch dtypes."""
-assert tuple(TORCH_DTYPES) == DTYPES
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -73,7 +71,7 @@ class TrainState:
 
 SegmentFn = Callable[[TrainState, StepProblem, int, int], Optional[str]]
 FeatureMapFactory = Callable[..., FeatureMap]
-"""``(spec: FeatureSpec, shape: MLPShape, data: Dataset, device) -> FeatureMap``."""
+"""``(spec: FeatureSpec, shape: MLPShape, data: Dataset, device=...) -> FeatureMap``."""
 
 ALL_ATTACKS: FrozenSet[Tuple[str, str]] = frozenset((kind, norm) for kind in ATTACKS for norm in NORMS)
 
