@@ -52,7 +52,7 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
     scfg = config.sample
     for name, n in (("n_clean", config.n_clean), ("n_pool", config.n_pool), ("n_verify", config.n_train + config.n_verify)):
         check_memory(scfg, n, name)
-    backend = resolve(backend, device, scfg.recipe.dtype)
+    backend = resolve(backend, device, scfg.recipe.dtype, attack=scfg.attack.kind)
     log.info("certify: %s, MLP %s, %d steps, backend %s on %s; up to %d probes of %d + %d runs",
              data.name, "-".join(map(str, (data.input_dim, *scfg.model.hidden, data.n_classes))), scfg.recipe.steps,
              backend.name, device, config.max_probes, config.n_train, config.n_verify)
@@ -118,5 +118,5 @@ def replay(config: SampleConfig, delta: float, seeds: Dict[str, int] | np.ndarra
     else:
         row = np.asarray(seeds, dtype=np.int64).reshape(1, 3)
     device = resolve_device(device)
-    return sample(config, delta, row, data=data, backend=resolve(backend, device, config.recipe.dtype), device=device,
+    return sample(config, delta, row, data=data, backend=resolve(backend, device, config.recipe.dtype, attack=config.attack.kind), device=device,
                   progress=False)

@@ -41,28 +41,46 @@ def train_reference(config: SampleConfig, data: Dataset):
     return state.params
 
 
-def input_gradients(params, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """d loss_i / d x_i for every point (float64, closed form), [n, D]."""
-    xt = torch.as_tensor(x, dtype=torch.float64)
-    logits, cache = forward(params, xt)
+def input_gradients(params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d loss_i / d x_i of every point under each of N stacked models, [N, n, D] (closed form, in
+    the parameters' dtype; x [n, D] shared, y [n] integer labels)."""
+    logits, cache = forward(params, x.to(params[0].dtype))
     dz = torch.softmax(logits, dim=-1)
-    dz[0, torch.arange(len(y)), torch.as_tensor(y)] -= 1.0
+    dz.scatter_add_(-1, y.view(1, -1, 1).expand(dz.shape[0], -1, 1), torch.full_like(dz[..., :1], -1.0))
     n_layers = len(params) // 2
     for layer in reversed(range(n_layers)):
         dz = torch.bmm(dz, params[2 * layer])
         if layer > 0:
             dz = dz * (cache[2 * layer - 1] > 0)
-    return dz[0].numpy()
+    return dz
+
+
+def unit_directions(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """sign(g) for l_inf, g / ||g||_2 for l_2, row-wise over the last axis (0 where g vanishes)."""
+    if norm == "inf":
+        return torch.sign(g)
+    length = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+    return torch.where(length > 0, g / torch.where(length > 0, length, 1.0), 0.0)
+
+
+def adaptive_directions(params, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
+    """The adaptive attack's directions [N, n, D] float64: each run's current model's input
+    gradient of every training point's loss, as a unit l_p direction. Computed in float64 from
+    the parameters (a float32 copy is promoted), so the directions do not hinge on the
+    training dtype's rounding of the gradient."""
+    wide = [p.to(torch.float64) for p in params]
+    return unit_directions(input_gradients(wide, x.to(torch.float64), y), norm)
 
 
 def gradient_directions(config: SampleConfig, data: Dataset) -> np.ndarray:
     """Unit (in the threat's l_p) attack directions per training point, cached per setting."""
     key = (data.content_hash, config.model, config.recipe, config.threat.norm, config.attack.reference_seed)
     if key not in _CACHE:
-        g = input_gradients(train_reference(config, data), data.x_train, data.y_train)
+        g = input_gradients(train_reference(config, data), torch.as_tensor(data.x_train, dtype=torch.float64),
+                            torch.as_tensor(data.y_train))[0].numpy()
         if config.threat.norm == "inf":
             direction = np.sign(g)
-        else:
+        else:  # numpy's norm, as this table has always been made (the adaptive attack's is torch's)
             norm = np.linalg.norm(g, axis=1, keepdims=True)
             direction = np.divide(g, norm, out=np.zeros_like(g), where=norm > 0)
         _CACHE[key] = direction

@@ -17,11 +17,20 @@ SEED_LIMIT = 2**63
 """Seeds are non-negative and fit a signed 64-bit integer."""
 
 NORMS = ("inf", "2")
-ATTACKS = ("uniform", "sign", "gradient")
+ATTACKS = ("uniform", "sign", "gradient", "adaptive", "unrolled", "unrolled_test")
 ATTACK_DESCRIPTIONS = {
+    "adaptive": "δ times the sign (ℓ∞) or unit direction (ℓ2) of the input gradient of the point's loss under the run's "
+                "own current model, recomputed for every training point at the start of each recorded interval (every "
+                "record_every steps): an attacker that watches the run it poisons (the poisoned data is fixed within "
+                "an interval)",
     "gradient": "δ times the sign (ℓ∞) or unit direction (ℓ2) of one clean reference model's input gradient "
                 "of the point's loss, computed once before training: a fixed, one-shot direction that does not adapt "
                 "to the run being poisoned",
+    "unrolled": "one perturbation per training point, optimised by projected sign-gradient ascent on the clean "
+                "training set's loss through unrolled runs of the recipe (the attacker sees the training split only), "
+                "made once per budget and then drawn like the gradient attack's table",
+    "unrolled_test": "as unrolled, but the ascent maximises the test set's loss: a test-aware attacker, stronger "
+                     "than one who cannot see the data the safety label is measured on",
     "sign": "a random corner of the ℓ∞ ball (ℓ2: a random sign vector scaled to norm δ)",
     "uniform": "uniform in the ℓp ball of radius δ",
 }

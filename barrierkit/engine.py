@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .environment import physical_memory_bytes, versions
-from .attacks import gradient_directions
+from .attacks import adaptive_directions, gradient_directions
+from .unrolled import UNROLLED_ATTACKS, table_directions
 from .backends import Backend, StepProblem, TrainState, resolve, torch_dtype
 from .config import SEED_LIMIT, ConfigError, SampleConfig, check_delta
 from .data import Dataset, get_dataset
@@ -41,7 +42,10 @@ def bytes_per_trajectory(config: SampleConfig, data: Dataset) -> int:
     poison_tmp = b * data.input_dim * 8 * 12  # float64 rows, int64 Philox words and masks
     # evaluation sets are shared by all trajectories: only the layers after the input are per run
     evaluation = max(config.features.probe_size, data.x_test.shape[0]) * sum(shape.widths[1:]) * 8 * 3
-    return d * (item * 4 + 8 * 2) + activations + poison_tmp + evaluation
+    adaptive = 0
+    if config.attack.kind == "adaptive":  # each run's directions, input gradients and activations on all points
+        adaptive = data.x_train.shape[0] * (data.input_dim * 8 * 3 + sum(shape.widths[1:]) * 8 * 3)
+    return d * (item * 4 + 8 * 2) + activations + poison_tmp + evaluation + adaptive
 
 
 CPU_MEMORY_BUDGET_MB = 2048.0
@@ -117,7 +121,7 @@ def sample(
     if config.recipe.batch > data.x_train.shape[0]:
         raise ConfigError("batch", f"must be <= the number of training points ({data.x_train.shape[0]})")
     device = torch.device(device)
-    backend = resolve(backend, device, config.recipe.dtype)
+    backend = resolve(backend, device, config.recipe.dtype, attack=config.attack.kind)
     n = seeds.shape[0]
     recipe = config.recipe
     dtype = torch_dtype(recipe.dtype)
@@ -125,8 +129,11 @@ def sample(
     poisoning = delta > 0 and config.threat.rho > 0
     directions = None
     t_start = time.perf_counter()
+    adaptive = poisoning and config.attack.kind == "adaptive"
     if poisoning and config.attack.kind == "gradient":
         directions = torch.as_tensor(gradient_directions(config, data), device=device)
+    elif poisoning and config.attack.kind in UNROLLED_ATTACKS:
+        directions = torch.as_tensor(table_directions(config, data, delta), device=device)
     t_reference = time.perf_counter() - t_start
 
     x_train = torch.as_tensor(data.x_train, dtype=torch.float64, device=device)
@@ -160,6 +167,8 @@ def sample(
             state = TrainState(params)
             for k in range(1, K + 1):
                 tic = time.perf_counter()
+                if adaptive:  # the attacker re-aims every point at the run's current model (counted as training)
+                    problem.poison.directions = adaptive_directions(state.params, x_train, y_train, config.threat.norm)
                 reason = backend.train_segment(state, problem, (k - 1) * r, k * r)
                 if reason is not None:
                     fallbacks.add(reason)

@@ -15,6 +15,9 @@ Perturbation draws (element e of point i, D input dimensions):
 - gradient: delta * direction_i * f_i, with direction_i the fixed unit (l_p) direction of a clean
   reference model's input gradient and f_i = -1 when U(Philox(p; i, 0, SIGN_FLIP, 0)[0]) <
   sign_noise, else +1.
+- adaptive: delta * direction_{n,i}, the unit (l_p) direction of run n's own current model's
+  input gradient of point i's loss; the engine recomputes the directions at the start of every
+  recorded interval (barrierkit.attacks.adaptive_directions), so no draw is involved.
 Everything is computed in float64 and the poisoned input is rounded to the training dtype once.
 """
 from __future__ import annotations
@@ -29,6 +32,16 @@ import torch
 from .rng import Stream, bits_torch, normal_pair_torch, uniform_from_bits_torch
 
 
+TABLE_ATTACKS = ("gradient", "unrolled", "unrolled_test")
+"""Sampling attacks that give every training point one fixed perturbation direction (a table)."""
+
+
+def spec_kind(attack: str) -> str:
+    """The PoisonSpec kind that draws a sampling attack: a table attack is drawn as ``gradient``
+    (delta times its table's row), the others as themselves."""
+    return "gradient" if attack in TABLE_ATTACKS else attack
+
+
 @dataclass
 class PoisonSpec:
     """What one chunk of trajectories is poisoned with (seeds on the compute device)."""
@@ -40,7 +53,7 @@ class PoisonSpec:
     kind: str  # "uniform" | "sign" | "gradient"
     domain: Tuple[float, float] = (0.0, 1.0)
     sign_noise: float = 0.0
-    directions: Optional[torch.Tensor] = None  # [n_train, D] float64 unit directions (gradient)
+    directions: Optional[torch.Tensor] = None  # float64 unit directions: [n_train, D] (gradient), [N, n_train, D] (adaptive)
     point_mask: Optional[torch.Tensor] = None  # [N, n_train] bool: the subset, drawn once per chunk
     point_sign: Optional[torch.Tensor] = None  # [N, n_train] float64: the gradient attack's sign flips
 
@@ -111,6 +124,11 @@ def perturbation(spec: PoisonSpec, idx: torch.Tensor, dim: int) -> torch.Tensor:
         else:
             sign = flip_signs(seeds, idx, spec.sign_noise)
         return spec.delta * spec.directions[idx] * sign.unsqueeze(-1)
+    if spec.kind == "adaptive":
+        if spec.directions is None or spec.directions.dim() != 3:
+            raise ValueError("attack: the adaptive attack needs each run's directions [N, n_train, D]")
+        runs = torch.arange(idx.shape[0], device=idx.device).view(-1, *([1] * (idx.dim() - 1)))
+        return spec.delta * spec.directions[runs, idx]
     raise ValueError(f"attack: unknown sampling attack {spec.kind!r}")
 
 

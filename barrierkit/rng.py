@@ -52,7 +52,8 @@ class Purpose(enum.IntEnum):
 
     A trajectory family p derives its init, poison and schedule seeds from purposes 3p, 3p + 1 and
     3p + 2 of the master seed (:func:`trajectory_seeds`); probe j's training split is family
-    PROBE_BASE + 2j and its verification split PROBE_BASE + 2j + 1. REFERENCE is used directly:
+    PROBE_BASE + 2j and its verification split PROBE_BASE + 2j + 1; UNROLLED is the unrolled
+    attacks' family of ``attack.reference_seed``. REFERENCE is used directly:
     the gradient attack's clean reference model draws its init and schedule seeds from purpose
     REFERENCE of ``attack.reference_seed``.
     """
@@ -62,6 +63,7 @@ class Purpose(enum.IntEnum):
     POOL = 3  # the heavy-poison unsafe pool
     PROBE_BASE = 100
     REFERENCE = 0x5EF
+    UNROLLED = 0x7A11  # the unrolled attacks' own training runs, a family of attack.reference_seed
 
 
 def probe_purpose(index: int, split: str) -> int:

@@ -311,3 +311,13 @@ def test_gpu_check_script_parses_and_rejects_an_unknown_stage(tmp_path):
     assert done.returncode == 2 and "unknown stage warp-drive" in done.stdout
     for stage in ("preflight", "cudatests", "memcheck", "certify", "kerneltests", "throughput", "scaling"):
         assert stage in done.stdout
+
+
+@pytest.mark.parametrize("k,n", [(0, 300), (1, 300), (8, 300), (128, 300), (300, 300), (3, 7)])
+def test_attack_strength_intervals_are_exact_clopper_pearson(k, n):
+    from scipy.stats import binomtest
+
+    from bench.attacks import clopper_pearson
+
+    want = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    assert clopper_pearson(k, n) == pytest.approx([want.low, want.high], rel=1e-9, abs=1e-12)

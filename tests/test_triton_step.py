@@ -251,7 +251,7 @@ def test_uniform_l2_falls_back_to_torch_ref():
     assert not triton_gpu.backend().runs_natively("uniform", "2") and triton_gpu.backend().runs_natively("uniform", "inf")
 
 
-@pytest.mark.parametrize("kind", ["uniform", "sign", "gradient"])
+@pytest.mark.parametrize("kind", ["uniform", "sign", "gradient", "adaptive"])
 @pytest.mark.parametrize("norm", ["inf", "2"])
 def test_the_record_says_what_the_kernel_runs(kind, norm):
     """The backend record's native attacks are exactly those the fused kernel takes."""

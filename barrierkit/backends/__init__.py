@@ -12,11 +12,11 @@ The contract every backend keeps is in :mod:`barrierkit.backends.base`.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
-from ..config import ConfigError
+from ..config import NORMS, ConfigError
 from . import torch_ref
 from .base import Backend, Capabilities, StepProblem, TrainState, torch_dtype
 
@@ -67,22 +67,23 @@ def get(name: str) -> Backend:
 
 
 def resolve(name: str | Backend = "auto", device: torch.device | str = "cpu", dtype: str = "float32",
-            family: str = "mlp") -> Backend:
-    """The backend ``name`` stands for on ``device`` for a ``dtype`` recipe, checked against its
-    capabilities (a ConfigError naming ``backend`` says why not). ``auto`` decides here: triton
-    on CUDA for float32 training, torch for float64 (the fused kernel trains in float32 only),
-    :func:`cpu_default` on the CPU. A record passes through, checked the same way."""
+            family: str = "mlp", attack: Optional[str] = None) -> Backend:
+    """The backend ``name`` stands for on ``device`` for a ``dtype`` recipe under the sampling
+    ``attack`` (None: any), checked against its capabilities (a ConfigError naming ``backend``
+    says why not). ``auto`` decides here: on CUDA triton for float32 training, on the CPU
+    :func:`cpu_default`, and the torch reference where that choice cannot train the recipe or
+    would hand the attack to the reference anyway (float64 on CUDA, the adaptive attack). A
+    record passes through, checked the same way."""
     device = torch.device(device)
     if isinstance(name, Backend):
         record = name
     elif name == "auto":
-        if device.type == "cuda":
-            record = get("triton" if dtype == "float32" else "torch")
-        else:
-            record = get(cpu_default())
+        first = get("triton" if device.type == "cuda" else cpu_default())
+        native = attack is None or any(first.runs_natively(attack, norm) for norm in NORMS)
+        record = first if native and first.unsupported(device, dtype, family, attack) is None else get("torch")
     else:
         record = get(name)
-    reason = record.unsupported(device, dtype, family)
+    reason = record.unsupported(device, dtype, family, attack)
     if reason is not None:
         raise ConfigError("backend", f"{reason}: use auto, or another backend ({', '.join(BACKENDS)})")
     return record

@@ -21,7 +21,7 @@ import torch
 from ..config import ATTACKS, DTYPES, NORMS, SampleConfig
 from ..features import FeatureMap
 from ..models import Params
-from ..poison import PoisonSpec
+from ..poison import PoisonSpec, spec_kind
 from ..schedule import Schedule
 
 TORCH_DTYPES: Dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES}
@@ -54,7 +54,7 @@ class StepProblem:
         once (:meth:`PoisonSpec.with_point_draws`). ``directions`` are the gradient attack's."""
         threat, attack, recipe = config.threat, config.attack, config.recipe
         n_train = int(x_train.shape[0])
-        poison = PoisonSpec(seeds=seeds[:, 1], rho=threat.rho, delta=delta, norm=threat.norm, kind=attack.kind,
+        poison = PoisonSpec(seeds=seeds[:, 1], rho=threat.rho, delta=delta, norm=threat.norm, kind=spec_kind(attack.kind),
                             domain=threat.domain, sign_noise=attack.sign_noise, directions=directions)
         return cls(x_train=x_train, y_train=y_train, schedule=Schedule(seeds[:, 2], n_train, recipe.batch),
                    poison=poison.with_point_draws(n_train), lr=recipe.lr, momentum=recipe.momentum,
@@ -78,12 +78,14 @@ ALL_ATTACKS: FrozenSet[Tuple[str, str]] = frozenset((kind, norm) for kind in ATT
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend runs: device types, training dtypes, model families, and the (attack, norm)
-    pairs it runs itself (``native_attacks``; the others it hands to the torch reference)."""
+    """What a backend runs: device types, training dtypes, model families, the sampling attacks
+    it trains under (``attacks``), and the (attack, norm) pairs of those it runs itself
+    (``native_attacks``; the others it hands to the torch reference)."""
 
     devices: FrozenSet[str]
     dtypes: FrozenSet[str]
     families: FrozenSet[str] = frozenset({"mlp"})
+    attacks: FrozenSet[str] = frozenset(ATTACKS)  # the sampling attacks it trains under at all
     native_attacks: FrozenSet[Tuple[str, str]] = ALL_ATTACKS
     cpu_needs_interpreter: bool = False  # runs on the CPU only under TRITON_INTERPRET=1 (tests)
 
@@ -100,8 +102,9 @@ class Backend:
     summary: str
     tuning: Dict[str, Any] = field(default_factory=dict, hash=False)  # launch settings that do not change results
 
-    def unsupported(self, device: torch.device, dtype: str, family: str = "mlp") -> Optional[str]:
-        """Why this backend cannot train ``family`` in ``dtype`` on ``device``, or None."""
+    def unsupported(self, device: torch.device, dtype: str, family: str = "mlp", attack: Optional[str] = None) -> Optional[str]:
+        """Why this backend cannot train ``family`` in ``dtype`` on ``device`` under the sampling
+        attack ``attack`` (None: any it knows), or None."""
         caps = self.capabilities
         if device.type not in caps.devices and not (device.type == "cpu" and caps.cpu_needs_interpreter and _interpreting()):
             where = " (on the CPU only under TRITON_INTERPRET=1, for tests)" if caps.cpu_needs_interpreter else ""
@@ -110,6 +113,8 @@ class Backend:
             return f"{self.name} trains in {' or '.join(sorted(caps.dtypes))}, the recipe's dtype is {dtype}"
         if family not in caps.families:
             return f"{self.name} trains {', '.join(sorted(caps.families))} models, not {family}"
+        if attack is not None and attack not in caps.attacks:
+            return f"{self.name} does not train under the {attack} attack (it takes {', '.join(sorted(caps.attacks))})"
         return None
 
     def runs_natively(self, kind: str, norm: str) -> bool:

@@ -22,8 +22,8 @@ def mlp_gradients(params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
     logits, cache = forward(params, x)
     n_layers = len(params) // 2
     batch = x.shape[1]
-    dz = torch.softmax(logits, dim=-1)
-    dz.scatter_add_(-1, y.unsqueeze(-1), torch.full_like(dz[..., :1], -1.0))
+    probs = torch.softmax(logits, dim=-1)  # out of place below: autograd can follow it (the unrolled attack)
+    dz = probs.scatter_add(-1, y.unsqueeze(-1), torch.full_like(probs[..., :1], -1.0))
     dz = dz / batch
     grads: Params = [torch.empty(0)] * len(params)
     for layer in reversed(range(n_layers)):

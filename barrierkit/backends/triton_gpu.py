@@ -166,7 +166,8 @@ def backend(input_precision: str = DEFAULT_PRECISION, **tuning) -> Backend:
         name=name, precision=input_precision, train_segment=make_train_segment(input_precision, **settings),
         feature_map=FusedFeatureMap,
         capabilities=Capabilities(devices=frozenset({"cuda"}), dtypes=frozenset({"float32"}),
-                                  native_attacks=ALL_ATTACKS - {("uniform", "2")}, cpu_needs_interpreter=True),
+                                  native_attacks=ALL_ATTACKS - {("uniform", "2"), ("adaptive", "inf"), ("adaptive", "2")},
+                                  cpu_needs_interpreter=True),
         summary=f"the fused Triton kernel per trajectory ({input_precision} dots), fp32 training",
         tuning={"data_dtype": "float32", "param_dtype": "float32", **settings},
     )
