@@ -1,4 +1,4 @@
-"""Command line: ``barrierkit sample | certify | verify | report``.
+"""Command line: ``barrierkit sample | attack | certify | verify | report``.
 
 A user's mistake or an OS error is one line on stderr and a documented exit status, never a
 traceback; every output path is checked (and locked) before any work, and a late failure leaves
@@ -320,6 +320,36 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from .empirical import attack_strength, strength_table
+    from .io import json_bytes, write_together
+
+    if f"{SETTING_DEST}sample.attack.kind" in vars(args) or f"{SETTING_DEST}attack.kind" in vars(args):
+        raise CliError("attack: this command runs every attack of --attacks; leave --attack out")
+    config = config_from_args(args, SampleConfig)
+    if args.dump_config:
+        say(dump_config(config).rstrip("\n"))
+        return EXIT_OK
+    attacks = [name.strip() for name in args.attacks.split(",") if name.strip()]
+    deltas = _numbers(args.deltas, "deltas")
+    outputs = check_outputs([("out", args.out)])
+    refuse_to_overwrite_the_config(args, outputs)
+    with OutputLocks(outputs):
+        result = attack_strength(config, attacks, deltas, args.n, args.n_clean, args.alpha, args.seed, args.backend,
+                                 args.device, _progress(args))
+        write_together([(outputs[0][1], lambda fh: fh.write(json_bytes(result)))])
+    say(strength_table(result))
+    say(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _numbers(text: str, field_name: str) -> List[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(field_name, f"expected comma-separated numbers like 0.05,0.1, got {text!r}") from None
+
+
 def sample_summary_path(args: argparse.Namespace) -> str:
     """``sample``'s JSON summary: --summary, else OUT with .json."""
     return args.summary if args.summary is not None else os.path.splitext(args.out)[0] + ".json"
@@ -468,6 +498,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--summary", default=None, help="JSON summary path (default: OUT with .json; must differ from OUT)")
     add_logging_options(g)
     p.set_defaults(func=cmd_sample)
+
+    p = command("attack", help="measure how strong sampling attacks are: unsafe fractions per budget, δ_emp",
+                usage=many_options,
+                description="For each attack of --attacks and each budget of --deltas, train --n runs (the same "
+                            "seeds in every cell) and count those that end unsafe against g_c from --n-clean clean "
+                            "runs, exactly as certify labels runs; print the counts with 95% Clopper-Pearson "
+                            "intervals and each attack's empirical radius δ_emp (the smallest budget with an unsafe "
+                            "run), and write them as JSON to --out. Set a certificate's δ_cert beside the strongest "
+                            "attack's δ_emp: the certificate covers only its own sampling attack.")
+    groups = option_groups(p, ("attacks and budgets",) + tuple(t for t in GROUP_ORDER if t in (CONFIG_FILE, DATA, RECIPE, THREAT,
+                                                                                               FEATURES, LOGGING)))
+    g = groups["attacks and budgets"]
+    g.add_argument("--attacks", default="gradient,unrolled,unrolled_test",
+                   help="comma-separated sampling attacks to measure (default: gradient,unrolled,unrolled_test)")
+    g.add_argument("--deltas", default="0.05,0.075,0.1", help="comma-separated budgets (default: 0.05,0.075,0.1)")
+    g.add_argument("--n", type=int, default=300, help="runs per attack and budget (default: 300)")
+    g.add_argument("--n-clean", type=int, default=200, help="clean runs behind g_c (default: 200)")
+    add_field_option(g, CertifyConfig, "alpha")
+    add_field_option(groups[DATA], CertifyConfig, "seed")
+    add_config_file_options(groups, SampleConfig)
+    add_setting_options(groups, SampleConfig)
+    add_execution_options(groups[DATA])
+    g = groups[LOGGING]
+    g.add_argument("--out", default="attack-strength.json", help="JSON results to write (default: attack-strength.json)")
+    add_logging_options(g)
+    p.set_defaults(func=cmd_attack)
 
     p = command("certify", help="search the largest certified poisoning budget and write a Certificate", usage=many_options,
                 description="Bisect over the budget delta; at each probe sample fresh poisoned runs, fit a "

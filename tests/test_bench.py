@@ -317,7 +317,7 @@ def test_gpu_check_script_parses_and_rejects_an_unknown_stage(tmp_path):
 def test_attack_strength_intervals_are_exact_clopper_pearson(k, n):
     from scipy.stats import binomtest
 
-    from bench.attacks import clopper_pearson
+    from barrierkit.empirical import clopper_pearson
 
     want = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
     assert clopper_pearson(k, n) == pytest.approx([want.low, want.high], rel=1e-9, abs=1e-12)
