@@ -460,6 +460,19 @@ def _quantiles(x: np.ndarray) -> dict:
     return {"min": float(q[0]), "q05": float(q[1]), "median": float(q[2]), "q95": float(q[3]), "max": float(q[4]), "mean": float(np.mean(x))}
 
 
+def sampling_groups(p: argparse.ArgumentParser, own: str) -> Dict[str, argparse._ArgumentGroup]:
+    """The option groups of a command that samples runs of a SampleConfig (sample, attack): its
+    ``own`` group first (with --alpha, meaning what certify's does), then the configuration file,
+    every sampling setting, --seed, --backend and --device; logging options are the caller's."""
+    groups = option_groups(p, (own,) + tuple(t for t in GROUP_ORDER if t in (CONFIG_FILE, DATA, RECIPE, THREAT, FEATURES, LOGGING)))
+    add_field_option(groups[own], CertifyConfig, "alpha")
+    add_field_option(groups[DATA], CertifyConfig, "seed")
+    add_config_file_options(groups, SampleConfig)
+    add_setting_options(groups, SampleConfig)
+    add_execution_options(groups[DATA])
+    return groups
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="barrierkit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
@@ -482,17 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "at the end: a failure leaves earlier files as they were. --config reads the "
                             "settings of the runs (a SampleConfig) from a TOML file; --n, --delta, --n-clean, "
                             "--alpha and --seed are options of this command only.")
-    groups = option_groups(p, ("runs to sample",) + tuple(t for t in GROUP_ORDER if t in (CONFIG_FILE, DATA, RECIPE, THREAT,
-                                                                                          FEATURES, LOGGING)))
+    groups = sampling_groups(p, "runs to sample")
     g = groups["runs to sample"]
     g.add_argument("--n", type=int, default=1000, help="number of trajectories (default: 1000)")
     g.add_argument("--delta", type=float, default=None, help="poisoning budget: ||Delta||_p <= delta (required)")
     g.add_argument("--n-clean", type=int, default=0, help="also run N_c clean runs for g_c and the unsafe fraction (default: 0)")
-    add_field_option(g, CertifyConfig, "alpha")
-    add_field_option(groups[DATA], CertifyConfig, "seed")
-    add_config_file_options(groups, SampleConfig)
-    add_setting_options(groups, SampleConfig)
-    add_execution_options(groups[DATA])
     g = groups[LOGGING]
     g.add_argument("--out", default="trajectories.npz", help="Trajectories file to write (default: trajectories.npz)")
     g.add_argument("--summary", default=None, help="JSON summary path (default: OUT with .json; must differ from OUT)")
@@ -507,19 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "intervals and each attack's empirical radius δ_emp (the smallest budget with an unsafe "
                             "run), and write them as JSON to --out. Set a certificate's δ_cert beside the strongest "
                             "attack's δ_emp: the certificate covers only its own sampling attack.")
-    groups = option_groups(p, ("attacks and budgets",) + tuple(t for t in GROUP_ORDER if t in (CONFIG_FILE, DATA, RECIPE, THREAT,
-                                                                                               FEATURES, LOGGING)))
+    groups = sampling_groups(p, "attacks and budgets")
     g = groups["attacks and budgets"]
     g.add_argument("--attacks", default="gradient,unrolled,unrolled_test",
                    help="comma-separated sampling attacks to measure (default: gradient,unrolled,unrolled_test)")
     g.add_argument("--deltas", default="0.05,0.075,0.1", help="comma-separated budgets (default: 0.05,0.075,0.1)")
     g.add_argument("--n", type=int, default=300, help="runs per attack and budget (default: 300)")
     g.add_argument("--n-clean", type=int, default=200, help="clean runs behind g_c (default: 200)")
-    add_field_option(g, CertifyConfig, "alpha")
-    add_field_option(groups[DATA], CertifyConfig, "seed")
-    add_config_file_options(groups, SampleConfig)
-    add_setting_options(groups, SampleConfig)
-    add_execution_options(groups[DATA])
     g = groups[LOGGING]
     g.add_argument("--out", default="attack-strength.json", help="JSON results to write (default: attack-strength.json)")
     add_logging_options(g)
