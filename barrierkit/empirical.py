@@ -13,20 +13,19 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-from scipy.stats import beta as beta_dist
 
 from .config import ATTACKS, ConfigError, SampleConfig, check_alpha, check_count, check_delta
+from .pac import rate_lower_bound
 from .rng import Purpose, trajectory_seeds
 
 log = logging.getLogger("barrierkit")
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> List[float]:
-    """The two-sided Clopper-Pearson interval of a binomial rate k / n at ``level``."""
+    """The two-sided Clopper-Pearson interval of a binomial rate k / n at ``level``: the one-sided
+    bound of :func:`barrierkit.pac.rate_lower_bound` at each tail (the upper one by symmetry)."""
     tail = (1.0 - level) / 2.0
-    low = 0.0 if k == 0 else float(beta_dist.ppf(tail, k, n - k + 1))
-    high = 1.0 if k == n else float(beta_dist.ppf(1.0 - tail, k + 1, n - k))
-    return [low, high]
+    return [rate_lower_bound(k, n, tail), 1.0 - rate_lower_bound(n - k, n, tail)]
 
 
 def check_attacks(attacks: Sequence[str]) -> List[str]:

@@ -27,12 +27,12 @@ import torch
 from .attacks import unit_directions
 from .config import SampleConfig
 from .data import Dataset
-from .models import MLPShape, Params, init_params
-from .poison import subset_mask
+from .models import MLPShape, Params, forward, init_params
+from .poison import TABLE_ATTACKS, subset_mask
 from .rng import Purpose, derive_seeds
 from .schedule import Schedule
 
-UNROLLED_ATTACKS = ("unrolled", "unrolled_test")
+UNROLLED_ATTACKS = tuple(kind for kind in TABLE_ATTACKS if kind != "gradient")
 ITERATIONS = 8
 UNROLLS = 4
 STEP_FRACTION = 0.25
@@ -60,8 +60,6 @@ def _train(params: Params, x: torch.Tensor, y: torch.Tensor, schedule: Schedule,
 
 
 def _objective(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    from .models import forward
-
     logits, _ = forward(params, x)
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(logits.shape[0]))
 
