@@ -29,8 +29,12 @@ if TYPE_CHECKING:  # assemble's imports are made when it runs: reading a certifi
     from .config import CertifyConfig
     from .data import Dataset
 
-FORMAT = "barrierkit.certificate/2"
-OLD_FORMATS = ("barrierkit.certificate/1",)
+FORMAT = "barrierkit.certificate/3"
+OLD_FORMATS = {
+    "barrierkit.certificate/1": "written before safety labels were exact (its ties may be mislabelled)",
+    "barrierkit.certificate/2": "written before the unsafe pool's rule (pool_states) was recorded",
+}
+"""Formats this version refuses, and why each cannot be read as today's."""
 STATUSES = ("CERTIFIED", "REFUTED", "INCONCLUSIVE")
 CERTIFIED_FIELDS = ("eta_star", "eta_check", "n_support", "epsilon_a_posteriori", "tau")
 """Fields of the certified probe that the document repeats at its top level."""
@@ -137,8 +141,8 @@ class Certificate:
         if not isinstance(doc, dict) or not isinstance(doc.get("format"), str) or not doc["format"].startswith("barrierkit.certificate/"):
             raise CertificateError(f"{name}: not a barrierkit certificate (no {FORMAT!r} format field)")
         if doc["format"] in OLD_FORMATS:
-            raise CertificateError(f"{name}: a {doc['format']} certificate, written before safety labels were exact "
-                                   f"(its ties may be mislabelled); this version reads {FORMAT}: certify again")
+            raise CertificateError(f"{name}: a {doc['format']} certificate, {OLD_FORMATS[doc['format']]}; "
+                                   f"this version reads {FORMAT}: certify again")
         if doc["format"] != FORMAT:
             raise CertificateError(f"{name}: format {doc['format']!r} is not {FORMAT!r} (made by another barrierkit version)")
         if doc.get("digest") != digest(doc):

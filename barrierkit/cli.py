@@ -89,7 +89,7 @@ GROUP_ORDER = (CONFIG_FILE, DATA, RECIPE, THREAT, FEATURES, BARRIER, PAC, SCENAR
 SECTION_GROUPS = {"model": DATA, "recipe": RECIPE, "threat": THREAT, "attack": THREAT, "features": FEATURES,
                   "barrier": BARRIER, "dataset": DATA, "memory_budget_mb": DATA, "seed": DATA,
                   "alpha": PAC, "epsilon": PAC, "beta": PAC, "n_verify": PAC, "n_train": PAC, "n_clean": PAC,
-                  "n_pool": PAC, "pool_delta": PAC, "pool_rho": PAC, "kappa": SCENARIO, "tau": SCENARIO,
+                  "n_pool": PAC, "pool_delta": PAC, "pool_rho": PAC, "pool_states": PAC, "kappa": SCENARIO, "tau": SCENARIO,
                   "mu": SCENARIO, "w_bound": SCENARIO, "solver": SCENARIO, "max_probes": SEARCH,
                   "delta_start": SEARCH, "delta_hi": SEARCH, "rel_tol": SEARCH}
 """The --help group of each settings table, or of each top-level setting."""

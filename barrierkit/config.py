@@ -36,6 +36,9 @@ ATTACK_DESCRIPTIONS = {
 }
 """What each sampling attack draws for a poisoned point (the distribution A_delta is relative to)."""
 DTYPES = ("float32", "float64")
+POOL_STATES = ("heavy", "heavy+larger")
+"""Which unsafe states form a probe's pool: the heavy-poison runs' only, or also the unsafe
+training-split states of probes at strictly larger budgets (docs/METHOD.md §11.4)."""
 
 
 def setting(default: Any, doc: str, *, unset: str = "") -> Any:
@@ -397,6 +400,8 @@ class CertifyConfig:
     pool_delta: float | None = setting(None, "budget of the unsafe pool's runs (never above the largest budget the "
                                              "domain admits)", unset="that largest budget")
     pool_rho: float = setting(1.0, "probability that a training point of a pool run is poisoned, in (0, 1]")
+    pool_states: str = setting("heavy", "the unsafe pool: 'heavy' (the heavy-poison runs' unsafe terminal states) or "
+                                        "'heavy+larger' (also unsafe training-split states of probes at larger budgets)")
     max_probes: int = setting(8, "K_max, probes in the search (beta is split over them)")
     delta_start: float = setting(0.05, "first probe when bracketing by doubling (not used when delta_hi is set)")
     delta_hi: float | None = setting(None, "upper end of the search: probed first, then bisected below",
@@ -432,6 +437,7 @@ class CertifyConfig:
             v = getattr(self, name)
             _check(v is None or (_finite(v) and v > 0), name, f"must be a finite number > 0 (or unset), got {v!r}")
         _check(_finite(self.pool_rho) and 0.0 < self.pool_rho <= 1.0, "pool_rho", f"must be in (0, 1], got {self.pool_rho!r}")
+        _check(self.pool_states in POOL_STATES, "pool_states", f"must be one of {', '.join(POOL_STATES)}, got {self.pool_states!r}")
         _check(self.barrier.kappa == self.kappa, "kappa",
                f"is {self.kappa!r} but barrier.kappa is {self.barrier.kappa!r}: the fit and the scenario program share one "
                "kappa (give the barrier as a dict to take kappa from here, or set BarrierConfig(kappa=...) to match)")

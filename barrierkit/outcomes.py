@@ -7,6 +7,7 @@ from the stored hit counts and margins, so a document that contradicts itself is
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -91,10 +92,17 @@ def training_split_consistency(n_unsafe: int, n: int, epsilon: float, beta: floa
             "contradicts": bool(lower > epsilon)}
 
 
-def pool_size(heavy_unsafe: int, earlier: Sequence[Dict[str, Any]], delta: float) -> int:
-    """Unsafe pool rows a probe at ``delta`` separates from: every unsafe heavy-poison run plus the
-    unsafe training runs of earlier probes at larger budgets (docs/METHOD.md §11.4)."""
-    return int(heavy_unsafe) + sum(int(p["n_unsafe_train"]) for p in earlier if p["delta"] > delta)
+def in_pool(pool_states: str, budget: float, delta: float) -> bool:
+    """Whether unsafe states from runs at ``budget`` join the pool of a probe at ``delta``: the
+    heavy-poison runs (keyed at budget +inf) always; training-split runs of other probes only
+    under ``heavy+larger`` and only from strictly larger budgets (docs/METHOD.md §11.4)."""
+    return budget == math.inf or (pool_states == "heavy+larger" and budget > delta)
+
+
+def pool_size(pool_states: str, heavy_unsafe: int, earlier: Sequence[Dict[str, Any]], delta: float) -> int:
+    """Unsafe pool rows a probe at ``delta`` separates from (:func:`in_pool`), from the counts of
+    the heavy-poison runs and of earlier probes' training splits."""
+    return int(heavy_unsafe) + sum(int(p["n_unsafe_train"]) for p in earlier if in_pool(pool_states, p["delta"], delta))
 
 
 def unsolved_status(*, n_unsafe_verify: int, n_verify: int, alpha: float, pool_rows: int) -> Tuple[str, str]:

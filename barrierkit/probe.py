@@ -27,7 +27,7 @@ from .data import Dataset
 from .engine import sample
 from .rng import probe_purpose, trajectory_seeds
 from .labels import SafetyRule
-from .outcomes import (VERDICT_FIELDS, a_posteriori_epsilon, first_unsafe, label_fields, solved_status, training_split_consistency,
+from .outcomes import (VERDICT_FIELDS, a_posteriori_epsilon, first_unsafe, in_pool, label_fields, solved_status, training_split_consistency,
                        unsolved_status, witness_record)
 from .scenario import ScenarioProblem, solve
 from .trajectories import Trajectories
@@ -72,16 +72,19 @@ class Certification:
         return runs
 
     def pool_above(self, delta: float) -> np.ndarray:
-        """Unsafe states from runs at budgets larger than ``delta`` or heavier poisoning (docs/METHOD.md §11.4).
+        """The unsafe pool of a probe at ``delta`` (docs/METHOD.md §11.4): the heavy-poison runs'
+        unsafe terminal states (keyed at budget +inf, heavier than any probe) and, when
+        ``pool_states`` is ``heavy+larger``, unsafe training-split states from budgets larger than
+        ``delta``.
 
-        The heavy-poison pool is keyed at budget +inf: it is always heavier than any probe.
-
-        States from the probe's own budget are left out: they sit on the safety boundary next to
+        States from the probe's own budget are never used: they sit on the safety boundary next to
         safe runs of the same budget, so no barrier with a margin can separate them, and they add
-        nothing a fresh verification split does not already test through its labels.
+        nothing a fresh verification split does not already test through its labels. Barely
+        unsafe states from a slightly larger budget are much the same, which is why ``heavy`` is
+        the default.
         """
         k = self.config.sample.features.dim
-        parts = [states for budget, states in self.pool if budget > delta]
+        parts = [states for budget, states in self.pool if in_pool(self.config.pool_states, budget, delta)]
         return np.concatenate(parts) if parts else np.empty((0, k))
 
 

@@ -258,7 +258,7 @@ def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule:
     problems += differences(f"{tag} witness", p["witness"], expected_witness)
     n_unsafe_verify = int(rule.unsafe(hits["verify"]).sum())
     n_unsafe_train = int(rule.unsafe(hits["train"]).sum())
-    rows = pool_size(doc["pool"]["n_unsafe"], earlier, p["delta"])
+    rows = pool_size(cfg.pool_states, doc["pool"]["n_unsafe"], earlier, p["delta"])
     v = p.get("verdict")
     if v is None:
         if n_unsafe_verify == 0 and rows > 0:

@@ -1,5 +1,6 @@
 """Certification end to end: planted cases, witnesses, the certificate document and the CLI."""
 import json
+import math
 import os
 
 import numpy as np
@@ -45,8 +46,35 @@ def planted_context(digits):
     heavy = ctx.sample(1.0, Purpose.POOL, config.n_pool, "pool", sample_config=heavy_cfg)
     unsafe = ctx.rule.unsafe(heavy.test_hits)
     assert unsafe.mean() > 0.9, "heavy poisoning must destroy accuracy"
-    ctx.pool.append((1.0, heavy.features[unsafe, -1]))
+    ctx.pool.append((math.inf, heavy.features[unsafe, -1]))
     return ctx
+
+
+@pytest.mark.parametrize("rule, expected", [("heavy", [math.inf]), ("heavy+larger", [math.inf, 0.2, 0.3])])
+def test_pool_states_rule(digits, rule, expected):
+    """'heavy' keeps only the heavy-poison states; 'heavy+larger' adds strictly larger budgets' states."""
+    config = fast_config(pool_states=rule)
+    k = config.sample.features.dim
+    stored = [(math.inf, np.full((2, k), math.inf)), (0.1, np.full((1, k), 0.1)), (0.2, np.full((1, k), 0.2)),
+              (0.3, np.full((3, k), 0.3))]
+    ctx = Certification(config, digits, SafetyRule.from_clean_hits(np.array([90]), 100, 0.05), pool=stored, progress=False)
+    pool = ctx.pool_above(0.1)
+    assert sorted(set(pool[:, 0])) == sorted(expected)
+    assert len(pool) == sum(len(states) for budget, states in stored if budget in expected)
+
+
+@pytest.mark.parametrize("rule, expected", [("heavy", 7), ("heavy+larger", 7 + 2 + 5)])
+def test_pool_size_follows_the_rule(rule, expected):
+    """verify counts a probe's pool rows by the rule the probe used (the probe at 0.1 and a smaller one are left out)."""
+    from barrierkit.outcomes import pool_size
+    earlier = [{"delta": 0.2, "n_unsafe_train": 2}, {"delta": 0.1, "n_unsafe_train": 3}, {"delta": 0.4, "n_unsafe_train": 5},
+               {"delta": 0.05, "n_unsafe_train": 11}]
+    assert pool_size(rule, 7, earlier, 0.1) == expected
+
+
+def test_pool_states_checked():
+    with pytest.raises(ConfigError, match="pool_states"):
+        CertifyConfig(pool_states="larger")
 
 
 @pytest.fixture(scope="module")

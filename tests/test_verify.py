@@ -338,13 +338,14 @@ def test_an_edit_without_a_new_digest_is_a_digest_mismatch(cli_certificate, tmp_
 @pytest.mark.parametrize("content,needle", [
     (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "binary"),
     (b"{not json", "invalid JSON"),
-    (b'{"format": "barrierkit.certificate/2", "g_clean": NaN}', "NaN"),
+    (b'{"format": "barrierkit.certificate/3", "g_clean": NaN}', "NaN"),
     (b'[1, 2, 3]', "not a barrierkit certificate"),
     (b'{"format": "barrierkit.certificate/1", "status": "CERTIFIED"}', "before safety labels were exact"),
+    (b'{"format": "barrierkit.certificate/2", "status": "CERTIFIED"}', "before the unsafe pool's rule"),
     (b'{"format": "something/else"}', "not a barrierkit certificate"),
     (b'{"format": "barrierkit.certificate/99"}', "another barrierkit version"),
-    (b'{"format": "barrierkit.certificate/2", "epsilon": 1e999}', "out of the range"),
-    (b'{"format": "barrierkit.certificate/2", "epsilon": 0.0001, "epsilon": 0.5}', "more than once"),
+    (b'{"format": "barrierkit.certificate/3", "epsilon": 1e999}', "out of the range"),
+    (b'{"format": "barrierkit.certificate/3", "epsilon": 0.0001, "epsilon": 0.5}', "more than once"),
     (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
 ])
 @pytest.mark.parametrize("command", ["verify", "report"])
