@@ -14,6 +14,7 @@ from .backends import Backend, resolve, resolve_device
 from .certificate import Certificate, assemble, warnings_for
 from .config import CertifyConfig, ConfigError, SampleConfig
 from .data import Dataset, get_dataset
+from .empirical import certificate_attacks, certificate_cells, probed_budgets
 from .engine import check_memory, clean_runs, sample
 from .environment import versions
 from .labels import SafetyRule, chance_hits
@@ -50,8 +51,11 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
                                   "verify reloads the data by that name, so it could not check the certificate")
     data = named
     scfg = config.sample
-    for name, n in (("n_clean", config.n_clean), ("n_pool", config.n_pool), ("n_verify", config.n_train + config.n_verify)):
+    for name, n in (("n_clean", config.n_clean), ("n_pool", config.n_pool), ("n_verify", config.n_train + config.n_verify),
+                    ("emp_runs", config.emp_runs if config.emp_attacks else 0)):
         check_memory(scfg, n, name)
+    emp_backends = ({kind: resolve(backend, device, scfg.recipe.dtype, attack=kind) for kind in certificate_attacks(config)}
+                    if config.emp_attacks else {})  # an attack the backend cannot run fails here, before any work
     backend = resolve(backend, device, scfg.recipe.dtype, attack=scfg.attack.kind)
     log.info("certify: %s, MLP %s, %d steps, backend %s on %s; up to %d probes of %d + %d runs",
              data.name, "-".join(map(str, (data.input_dim, *scfg.model.hidden, data.n_classes))), scfg.recipe.steps,
@@ -78,9 +82,16 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
 
     probes = search(probe, max_probes=config.max_probes, budget_max=top, delta_start=config.delta_start,
                     delta_hi=config.delta_hi, rel_tol=config.rel_tol)
+    cells, emp_s = None, 0.0
+    if emp_backends:
+        tic = time.perf_counter()
+        log.info("empirical radii: %s, %d runs at each of the %d probed budgets", ", ".join(emp_backends),
+                 config.emp_runs, len(probed_budgets(probes)))
+        cells = certificate_cells(config, probed_budgets(probes), rule, data, emp_backends, device, progress)
+        emp_s = time.perf_counter() - tic
     run = {"versions": versions(), "backend": backend.name, "device": str(device), "features_by": clean.meta["features_by"]}
-    cert = assemble(config, data, rule, clean.test_hits, pool, probes, {"clean_s": clean_s, **ctx.timings},
-                    ctx.trajectories_sampled + config.n_clean, start, run)
+    cert = assemble(config, data, rule, clean.test_hits, pool, probes, {"clean_s": clean_s, **ctx.timings, "empirical_s": emp_s},
+                    ctx.trajectories_sampled + config.n_clean + len(cells or ()) * config.emp_runs, start, run, cells)
     log.info("certify: %s in %.1f s (%d probes)", cert.status, cert.doc["timings"]["total_s"], len(probes))
     return cert
 

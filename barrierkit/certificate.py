@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # assemble's imports are made when it runs: reading a certifi
 FORMAT = "barrierkit.certificate/3"
 OLD_FORMATS = {
     "barrierkit.certificate/1": "written before safety labels were exact (its ties may be mislabelled)",
-    "barrierkit.certificate/2": "written before the unsafe pool's rule (pool_states) was recorded",
+    "barrierkit.certificate/2": "written before the unsafe pool's rule (pool_states) and the empirical radii were recorded",
 }
 """Formats this version refuses, and why each cannot be read as today's."""
 STATUSES = ("CERTIFIED", "REFUTED", "INCONCLUSIVE")
@@ -42,7 +42,7 @@ DOCUMENT_FIELDS = (
     "format", "status", "reason", "config", "threat_model", "dataset", "data_hash", "input_dim", "n_classes",
     "model_hash", "param_count", "test_size", "chance_hits", "g_clean", "clean_accuracy", "alpha", "beta",
     "beta_per_probe", "epsilon", "epsilon_requested", "n_verify", "n_train", "d", "epsilon_direct", "pool", "probes",
-    "radii", "context", "warnings", "timings", "throughput", "versions", "backend", "device", "features_by",
+    "radii", "context", "empirical", "warnings", "timings", "throughput", "versions", "backend", "device", "features_by",
 )
 """Every top-level field of a document (plus CERTIFIED_FIELDS when a probe certified)."""
 
@@ -185,15 +185,17 @@ def warnings_for(rule: SafetyRule, chance_hits: int) -> List[str]:
 
 def assemble(config: CertifyConfig, data: Dataset, rule: SafetyRule, clean_hits: Any, pool: Dict[str, Any],
              probes: List[Dict[str, Any]], timings: Dict[str, float], trajectories: int, started: float,
-             run: Dict[str, Any]) -> "Certificate":
+             run: Dict[str, Any], cells: Optional[List[Dict[str, Any]]] = None) -> "Certificate":
     """The certificate of a finished search: its status and radii from the probe records, every
     fact about the data, model, PAC levels and pool, and the run's ``timings`` (``total_s`` is
     measured from ``started``, a ``time.perf_counter()`` value, to now). ``run`` holds what the
-    run was made with: ``versions``, ``backend``, ``device`` and ``features_by``."""
+    run was made with: ``versions``, ``backend``, ``device`` and ``features_by``; ``cells`` the
+    δ_emp measurements when the configuration asks for them (None otherwise)."""
     import time
 
     from . import pac
     from .context import radius_context
+    from .empirical import empirical_record, probed_budgets
     from .models import MLPShape
     from .outcomes import overall_status
     from .radius import max_budget, radii
@@ -218,6 +220,7 @@ def assemble(config: CertifyConfig, data: Dataset, rule: SafetyRule, clean_hits:
         "n_verify": config.n_verify, "n_train": config.n_train, "d": config.decision_variables,
         "epsilon_direct": pac.epsilon(config.n_verify + config.n_train, 1, config.beta_per_probe),
         "pool": pool, "probes": probes, "radii": found, "context": context,
+        "empirical": None if cells is None else empirical_record(config, probed_budgets(probes), cells, found["delta_cert"]),
         "warnings": warnings_for(rule, chance_hits(data.y_test)),
         "timings": {"total_s": total, **timings},
         "throughput": throughput(trajectories, scfg.recipe.steps, total, len(probes)),

@@ -36,6 +36,8 @@ ATTACK_DESCRIPTIONS = {
 }
 """What each sampling attack draws for a poisoned point (the distribution A_delta is relative to)."""
 DTYPES = ("float32", "float64")
+EMP_ATTACKS = ("unrolled", "unrolled_test")
+"""The attacks ``certify --emp`` measures beside the sampling attack: the strongest built in."""
 POOL_STATES = ("heavy", "heavy+larger")
 """Which unsafe states form a probe's pool: the heavy-poison runs' only, or also the unsafe
 training-split states of probes at strictly larger budgets (docs/METHOD.md §11.4)."""
@@ -374,6 +376,19 @@ class BarrierConfig:
         _check(_finite(self.kappa) and 0 < self.kappa < 1, "BarrierConfig.kappa", f"must lie in (0, 1), got {self.kappa!r}")
 
 
+def check_attack_names(attacks: Any, field_name: str) -> Tuple[str, ...]:
+    """A non-empty sequence of known attack names, none twice, as a tuple (a ConfigError naming
+    ``field_name`` otherwise)."""
+    _check(isinstance(attacks, (list, tuple)) and all(isinstance(a, str) for a in attacks), field_name,
+           f"must be a list of attack names, got {attacks!r}")
+    names = tuple(attacks)
+    _check(bool(names), field_name, "name at least one sampling attack")
+    for name in names:
+        _check(name in ATTACKS, field_name, f"unknown sampling attack {name!r}; known: {', '.join(ATTACKS)}")
+    _check(len(set(names)) == len(names), field_name, f"an attack is named twice: {', '.join(names)}")
+    return names
+
+
 @dataclass(frozen=True)
 class CertifyConfig:
     """A whole certification: the sampled runs, the safety threshold, the PAC levels, the search.
@@ -403,6 +418,11 @@ class CertifyConfig:
     pool_states: str = setting("heavy", "the unsafe pool: 'heavy' (the heavy-poison runs' unsafe terminal states) or "
                                         "'heavy+larger' (also unsafe training-split states of probes at larger budgets)")
     max_probes: int = setting(8, "K_max, probes in the search (beta is split over them)")
+    emp_attacks: Tuple[str, ...] | None = setting(None, "comma-separated attacks whose empirical radius δ_emp the "
+                                                        "certificate measures beside the sampling attack's, at every "
+                                                        "probed budget (--emp: " + ",".join(EMP_ATTACKS) + ")",
+                                                  unset="none: no other attack is tried")
+    emp_runs: int = setting(300, "runs per attack and probed budget behind δ_emp (the same seeds for every attack)")
     delta_start: float = setting(0.05, "first probe when bracketing by doubling (not used when delta_hi is set)")
     delta_hi: float | None = setting(None, "upper end of the search: probed first, then bisected below",
                                      unset="bracket by doubling from delta_start")
@@ -426,8 +446,10 @@ class CertifyConfig:
         check_alpha(self.alpha)
         _check(_finite(self.epsilon) and 0.0 < self.epsilon < 1.0, "epsilon", f"must be in (0, 1), got {self.epsilon!r}")
         _check(_finite(self.beta) and 0.0 < self.beta < 1.0, "beta", f"must be in (0, 1), got {self.beta!r}")
-        for name in ("n_verify", "n_train", "n_clean", "n_pool", "max_probes"):
+        for name in ("n_verify", "n_train", "n_clean", "n_pool", "max_probes", "emp_runs"):
             _check(_positive_int(getattr(self, name)), name, f"must be an int >= 1, got {getattr(self, name)!r}")
+        if self.emp_attacks is not None:
+            object.__setattr__(self, "emp_attacks", check_attack_names(self.emp_attacks, "emp_attacks"))
         _check(_finite(self.rel_tol) and 0.0 < self.rel_tol < 1.0, "rel_tol",
                f"must be in (0, 1) (the bracket width, relative to its upper end, at which bisection stops), got {self.rel_tol!r}")
         _check(self.sample.threat.rho > 0.0, "rho", "must be > 0 for a certificate: with rho = 0 no point is poisoned")

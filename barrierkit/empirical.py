@@ -10,13 +10,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import ATTACKS, ConfigError, SampleConfig, check_alpha, check_count, check_delta
+from .config import ConfigError, SampleConfig, check_alpha, check_attack_names, check_count, check_delta
 from .pac import rate_lower_bound
 from .rng import Purpose, trajectory_seeds
+
+if TYPE_CHECKING:
+    from .config import CertifyConfig
+    from .labels import SafetyRule
 
 log = logging.getLogger("barrierkit")
 
@@ -30,15 +34,109 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> List[float]:
 
 def check_attacks(attacks: Sequence[str]) -> List[str]:
     """The attack names, each known and none twice (a ConfigError naming ``attacks``)."""
-    names = list(attacks)
-    if not names:
-        raise ConfigError("attacks", "name at least one sampling attack")
-    for name in names:
-        if name not in ATTACKS:
-            raise ConfigError("attacks", f"unknown sampling attack {name!r}; known: {', '.join(ATTACKS)}")
-    if len(set(names)) != len(names):
-        raise ConfigError("attacks", f"an attack is named twice: {', '.join(names)}")
-    return names
+    return list(check_attack_names(list(attacks), "attacks"))
+
+
+def attack_configs(config: SampleConfig, attacks: Sequence[str]) -> Dict[str, SampleConfig]:
+    """The recipe ``config`` once per attack, its own attack replaced (sign noise is the
+    gradient attack's alone)."""
+    return {kind: dataclasses.replace(config, attack=dataclasses.replace(
+                config.attack, kind=kind, sign_noise=config.attack.sign_noise if kind == "gradient" else 0.0))
+            for kind in attacks}
+
+
+def cell(rule: "SafetyRule", attack: str, delta: float, hits: Sequence[int], backend: str) -> Dict[str, Any]:
+    """One (attack, budget) cell from its runs' test hit counts: the unsafe count and fraction,
+    the 95 % Clopper-Pearson interval and the median accuracy. ``verify`` rebuilds every cell with
+    this function from the stored counts."""
+    h = np.asarray(hits, dtype=np.int64)
+    unsafe = int(rule.unsafe(h).sum())
+    return {"attack": attack, "delta": float(delta), "n": int(h.size), "unsafe": unsafe, "fraction": unsafe / h.size,
+            "interval_95": clopper_pearson(unsafe, int(h.size)), "median_accuracy": float(np.median(h) / rule.test_size),
+            "backend": backend, "hits": h.tolist()}
+
+
+def measure(configs: Dict[str, SampleConfig], records: Dict[str, Any], deltas: Sequence[float], seeds: np.ndarray,
+            rule: "SafetyRule", data: Any, device: Any, progress: Optional[bool]) -> List[Dict[str, Any]]:
+    """Every (attack, budget) cell: the runs of ``seeds`` trained under each attack's config with
+    its backend record, labelled by ``rule``. Each cell also carries the seconds it took."""
+    from .engine import sample
+
+    rows = []
+    for kind, config in configs.items():
+        for delta in deltas:
+            tic = time.perf_counter()
+            runs = sample(config, delta, seeds, data=data, backend=records[kind], device=device, progress=progress,
+                          description=f"{kind} δ={delta:g}")
+            rows.append({**cell(rule, kind, delta, runs.test_hits, runs.meta["backend"]), "seconds": time.perf_counter() - tic})
+            log.info("%s δ = %g: %d of %d runs unsafe [%.1f s]", kind, delta, rows[-1]["unsafe"], runs.n, rows[-1]["seconds"])
+    return rows
+
+
+def delta_emp(rows: Sequence[Dict[str, Any]]) -> Dict[str, Optional[float]]:
+    """Each attack's δ_emp: the smallest budget of its cells with an unsafe run (None: none)."""
+    radii: Dict[str, Optional[float]] = {}
+    for r in rows:
+        radii.setdefault(r["attack"], None)
+        if r["unsafe"] > 0 and (radii[r["attack"]] is None or r["delta"] < radii[r["attack"]]):
+            radii[r["attack"]] = r["delta"]
+    return radii
+
+
+def probed_budgets(probes: Sequence[Dict[str, Any]]) -> List[float]:
+    """The budgets a certificate's δ_emp is measured at: every budget its search probed, increasing."""
+    return sorted({float(p["delta"]) for p in probes})
+
+
+def certificate_attacks(config: "CertifyConfig") -> List[str]:
+    """The attacks of a certificate's δ_emp: its own sampling attack first (measured like the
+    others, so the comparison is on equal terms), then ``emp_attacks``."""
+    own = config.sample.attack.kind
+    return [own] + [kind for kind in config.emp_attacks or () if kind != own]
+
+
+def certificate_cells(config: "CertifyConfig", deltas: Sequence[float], rule: "SafetyRule", data: Any,
+                      records: Dict[str, Any], device: Any, progress: Optional[bool]) -> List[Dict[str, Any]]:
+    """A certificate's δ_emp cells: ``emp_runs`` runs of seed family EMPIRICAL per attack of
+    :func:`certificate_attacks` (``records`` holds each one's backend) and per budget."""
+    seeds = trajectory_seeds(config.seed, Purpose.EMPIRICAL, config.emp_runs)
+    return measure(attack_configs(config.sample, list(records)), records, deltas, seeds, rule, data, device, progress)
+
+
+def comparison(delta_cert: Optional[float], sampling_attack: str, rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """How the sampling attack compares with every attack tried, in one of three verdicts:
+    ``broken`` (another attack made a run unsafe at a budget ≤ δ_cert: the certificate holds only
+    for its own attack), ``strongest`` (no attack tried breaks the recipe at a smaller budget than
+    the sampling attack) or ``stronger`` (one does, but only above δ_cert)."""
+    radii = delta_emp(rows)
+    own = radii[sampling_attack]
+    others = {kind: d for kind, d in radii.items() if kind != sampling_attack and d is not None}
+    first = min(others, key=lambda kind: others[kind]) if others else None
+    if first is not None and delta_cert is not None and others[first] <= delta_cert:
+        cell_ = next(r for r in rows if r["attack"] == first and r["delta"] == others[first])
+        return {"verdict": "broken", "attack": first, "delta": others[first],
+                "text": f"a stronger attack breaks the recipe at δ = {others[first]:.4g} ≤ δ_cert = {delta_cert:.4g} "
+                        f"('{first}': {cell_['unsafe']} of {cell_['n']} runs unsafe): the certificate holds only for the "
+                        f"named attack '{sampling_attack}'"}
+    if first is None or (own is not None and own <= others[first]):
+        return {"verdict": "strongest", "attack": None, "delta": None,
+                "text": f"the sampling attack '{sampling_attack}' is at least as strong as every attack tried: none made a "
+                        "run unsafe at a smaller probed budget"}
+    where = f"above δ_cert = {delta_cert:.4g}" if delta_cert is not None else "and nothing was certified"
+    return {"verdict": "stronger", "attack": first, "delta": others[first],
+            "text": f"'{first}' breaks the recipe at δ = {others[first]:.4g}, a smaller budget than the sampling attack "
+                    f"'{sampling_attack}' does ({'not at all' if own is None else f'{own:.4g}'}), {where}: the "
+                    "certificate stands for its own attack, with less room above it than that attack suggests"}
+
+
+def empirical_record(config: "CertifyConfig", deltas: Sequence[float], rows: Sequence[Dict[str, Any]],
+                     delta_cert: Optional[float]) -> Dict[str, Any]:
+    """A certificate's ``empirical`` section: its cells (without timings), each attack's δ_emp
+    and the comparison with δ_cert. ``verify`` rebuilds it from the stored hit counts."""
+    cells = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return {"attacks": certificate_attacks(config), "n": config.emp_runs, "deltas": [float(d) for d in deltas],
+            "rows": cells, "delta_emp": delta_emp(cells),
+            "comparison": comparison(delta_cert, config.sample.attack.kind, cells)}
 
 
 def attack_strength(config: SampleConfig, attacks: Sequence[str], deltas: Sequence[float], n: int, n_clean: int,
@@ -49,7 +147,7 @@ def attack_strength(config: SampleConfig, attacks: Sequence[str], deltas: Sequen
     every backend is resolved once per attack before any run, so an unsupported pair fails first."""
     from .backends import resolve, resolve_device
     from .data import get_dataset
-    from .engine import check_memory, clean_runs, sample
+    from .engine import check_memory, clean_runs
     from .labels import SafetyRule
 
     attacks = check_attacks(attacks)
@@ -61,32 +159,18 @@ def attack_strength(config: SampleConfig, attacks: Sequence[str], deltas: Sequen
     check_alpha(alpha)
     check_memory(config, max(n, n_clean), "n")
     device = resolve_device(device)
-    configs = {kind: dataclasses.replace(config, attack=dataclasses.replace(
-                   config.attack, kind=kind, sign_noise=config.attack.sign_noise if kind == "gradient" else 0.0))
-               for kind in attacks}
+    configs = attack_configs(config, attacks)
     records = {kind: resolve(backend, device, config.recipe.dtype, attack=kind) for kind in attacks}
     data = get_dataset(config.dataset)
     tic = time.perf_counter()
     clean = clean_runs(config, n_clean, seed, data=data, backend=records[attacks[0]], device=device, progress=progress)
     rule = SafetyRule.from_clean_hits(clean.test_hits, clean.test_size, alpha)
     log.info("clean runs: %d, g_c = %.4f [%.1f s]", clean.n, rule.g_clean, time.perf_counter() - tic)
-    seeds = trajectory_seeds(seed, Purpose.SAMPLE, n)
-    rows, radii = [], {}
-    for kind in attacks:
-        for delta in deltas:
-            tic = time.perf_counter()
-            runs = sample(configs[kind], delta, seeds, data=data, backend=records[kind], device=device, progress=progress,
-                          description=f"{kind} δ={delta:g}")
-            unsafe = int(rule.unsafe(runs.test_hits).sum())
-            rows.append({"attack": kind, "delta": delta, "n": runs.n, "unsafe": unsafe, "fraction": unsafe / runs.n,
-                         "interval_95": clopper_pearson(unsafe, runs.n), "median_accuracy": float(np.median(runs.test_accuracy)),
-                         "backend": runs.meta["backend"], "seconds": time.perf_counter() - tic})
-            log.info("%s δ = %g: %d of %d runs unsafe [%.1f s]", kind, delta, unsafe, runs.n, rows[-1]["seconds"])
-        broken = [r["delta"] for r in rows if r["attack"] == kind and r["unsafe"] > 0]
-        radii[kind] = min(broken) if broken else None
+    rows = measure(configs, records, deltas, trajectory_seeds(seed, Purpose.SAMPLE, n), rule, data, device, progress)
     return {"format": "barrierkit.attack-strength/1", "config": config.to_dict(), "attacks": attacks, "deltas": deltas,
             "n": n, "n_clean": n_clean, "alpha": alpha, "seed": seed, "g_clean": rule.g_clean,
-            "clean_median_hits": rule.clean_median_hits, "test_size": rule.test_size, "rows": rows, "delta_emp": radii}
+            "clean_median_hits": rule.clean_median_hits, "test_size": rule.test_size, "rows": rows,
+            "delta_emp": delta_emp(rows)}
 
 
 def strength_table(result: Dict[str, Any]) -> str:

@@ -81,6 +81,33 @@ def radii_lines(doc: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def empirical_lines(doc: Dict[str, Any]) -> List[str]:
+    """δ_emp of every attack tried beside δ_cert and δ_direct, the unsafe counts behind each, and
+    the comparison; without --emp, that no other attack was tried."""
+    own = doc["config"]["sample"]["attack"]["kind"]
+    emp = doc.get("empirical")
+    if emp is None:
+        return [f"No other attack was tried: this radius is relative to '{own}' alone (certify --emp measures δ_emp "
+                "of the strongest built-in attacks beside it)."]
+    radii = doc["radii"]
+
+    def text(value: Optional[float]) -> str:
+        return "none" if value is None else f"{value:.4g}"
+
+    lines = [f"Empirical radii: δ_emp is the smallest probed budget at which some of {emp['n']} runs ended unsafe "
+             "(the same seeds for every attack; unsafe counts with 95% Clopper–Pearson intervals):"]
+    for kind in emp["attacks"]:
+        cells = [r for r in emp["rows"] if r["attack"] == kind]
+        label = f"{kind} (sampling attack)" if kind == own else kind
+        lines.append(f"  {label:28s} δ_emp = {text(emp['delta_emp'][kind]):8s} "
+                     + ", ".join(f"{r['delta']:.4g}: {r['unsafe']} [{r['interval_95'][0]:.3f}, {r['interval_95'][1]:.3f}]"
+                                 for r in cells))
+    lines.append(f"  δ_cert = {text(radii['delta_cert'])}, δ_direct = {text(radii['delta_direct'])}, "
+                 + ", ".join(f"δ_emp({kind}) = {text(emp['delta_emp'][kind])}" for kind in emp["attacks"]))
+    lines.append(f"  {emp['comparison']['text'][0].upper()}{emp['comparison']['text'][1:]}.")
+    return lines
+
+
 def summary_text(doc: Dict[str, Any]) -> str:
     """The plain-text report: guarantee, attack, radii, probes, context, warnings, what it does not mean."""
     attack = doc["config"]["sample"]["attack"]
@@ -89,6 +116,7 @@ def summary_text(doc: Dict[str, Any]) -> str:
              + (f"; each poisoned point's direction flipped with probability {attack['sign_noise']:g}"
                 if attack["kind"] == "gradient" and attack["sign_noise"] > 0 else "") + ".", ""]
     lines += radii_lines(doc)
+    lines += [""] + empirical_lines(doc)
     lines += ["", "Probes:"]
     for p in doc["probes"]:
         eps = f"ε={p['epsilon']:.4g}" if p.get("epsilon") is not None else "ε=–"
@@ -110,7 +138,7 @@ def summary_text(doc: Dict[str, Any]) -> str:
 
 
 PROFILE_STAGES = (("clean runs (g_c)", "clean_s"), ("sampling (pool, probe splits)", "sampling_s"),
-                  ("barrier fit", "barrier_s"), ("scenario program", "scp_s"))
+                  ("barrier fit", "barrier_s"), ("scenario program", "scp_s"), ("empirical radii (--emp)", "empirical_s"))
 
 
 def profile_stages(doc: Dict[str, Any]) -> List[tuple]:

@@ -3,8 +3,8 @@
 The quick checks (barrierkit.verify) show that a document agrees with itself; they cannot show
 that its runs really ended with the stored hit counts, or that the stored barrier really has the
 stored margins on them. This re-samples every run with the recorded backend and device (clean
-runs, the unsafe pool, each probe's training and verification split, the same seeds the
-certification used), recomputes hit counts, labels and the pool each probe separated from,
+runs, the unsafe pool, each probe's training and verification split, the δ_emp cells, the same
+seeds the certification used), recomputes hit counts, labels and the pool each probe separated from,
 fits each barrier again on its replayed training split (it must be the stored barrier: a barrier
 fitted on anything else, the verification runs above all, voids the scenario bound), rebuilds
 the scenario rows from the stored barrier trunk, re-checks them at the stored solution
@@ -33,12 +33,13 @@ from .barrier import Barrier, fit_barrier
 from .config import CertifyConfig
 from .context import radius_context
 from .data import get_dataset
-from .engine import clean_runs
+from .empirical import attack_configs
+from .engine import clean_runs, sample
 from .environment import versions
 from .labels import SafetyRule
 from .outcomes import solved_status
 from .probe import Certification, scenario_rows
-from .rng import probe_purpose
+from .rng import Purpose, probe_purpose, trajectory_seeds
 from .scenario import ScenarioProblem, recheck, solve
 from .trajectories import Trajectories
 from .verify import REL_TOL
@@ -137,6 +138,7 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
             worst = max(worst, _replay_program(tag, p, ctx, runs, cfg, rule, device, strict))
         log.info("replay: %s agrees (%s) [%.1f s]", tag, p["status"], time.perf_counter() - start)
 
+    _replay_empirical(doc["empirical"], cfg, data, device, progress)
     if doc["context"] is not None:
         ctx_now = radius_context(doc["context"]["radius"], cfg.sample.threat.norm, data.x_train, data.y_train)
         then, now = doc["context"]["median_nearest_other_class_distance"], ctx_now["median_nearest_other_class_distance"]
@@ -153,6 +155,20 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
     summary = (f"all {total} runs re-run with backend {doc['backend']} on {device} end with the stored hit counts; "
                f"{rest} [{time.perf_counter() - start:.1f} s]")
     return ReplayResult(True, None, summary, total, worst)
+
+
+def _replay_empirical(emp: Optional[Dict[str, Any]], cfg: CertifyConfig, data, device, progress: Optional[bool]) -> None:
+    """The δ_emp cells again, each attack with the backend its cells record."""
+    if emp is None:
+        return
+    seeds = trajectory_seeds(cfg.seed, Purpose.EMPIRICAL, cfg.emp_runs)
+    configs = attack_configs(cfg.sample, emp["attacks"])
+    for r in emp["rows"]:
+        backend = resolve(r["backend"], device, cfg.sample.recipe.dtype, attack=r["attack"])
+        runs = sample(configs[r["attack"]], r["delta"], seeds, data=data, backend=backend, device=str(device),
+                      progress=progress, description=f"replay: {r['attack']} δ={r['delta']:g}")
+        _same_hits(f"empirical {r['attack']} δ={r['delta']:g}", r["hits"], runs.test_hits)
+    log.info("replay: %d empirical cells of %d runs agree", len(emp["rows"]), cfg.emp_runs)
 
 
 def _replay_program(tag: str, p: Dict[str, Any], ctx: Certification, runs: Dict[str, Trajectories], cfg: CertifyConfig,

@@ -61,6 +61,7 @@ class Purpose(enum.IntEnum):
     CLEAN = 1  # the clean runs that define g_c
     SAMPLE = 2  # ``barrierkit sample`` and the engine's own tests and benchmarks
     POOL = 3  # the heavy-poison unsafe pool
+    EMPIRICAL = 4  # a certificate's δ_emp runs (the same seeds for every attack and budget)
     PROBE_BASE = 100
     REFERENCE = 0x5EF
     UNROLLED = 0x7A11  # the unrolled attacks' own training runs, a family of attack.reference_seed

@@ -30,6 +30,7 @@ from .certificate import CERTIFIED_FIELDS, DOCUMENT_FIELDS, STATUSES, clean_summ
 from .config import CertifyConfig, ConfigError, decision_variables
 from .context import radius_ratio
 from .data import get_dataset
+from .empirical import cell, certificate_attacks, empirical_record, probed_budgets
 from .environment import versions
 from .labels import SafetyRule, chance_hits, check_hits
 from .models import MLPShape
@@ -165,10 +166,37 @@ def _check_document(doc: Dict[str, Any]) -> List[str]:
     found = radii(probes, best, top, cfg.delta_hi)
     problems += differences("radii", doc["radii"], found)
     problems += _check_context(doc, found["delta_cert"], threat.norm, shape.input_dim)
-    runs = cfg.n_clean + cfg.n_pool + sum(p["n_train"] + p["n_verify"] for p in probes)
+    problems += _check_empirical(doc["empirical"], cfg, rule, probes, found["delta_cert"])
+    emp_cells = len(doc["empirical"]["rows"]) if doc["empirical"] else 0
+    runs = cfg.n_clean + cfg.n_pool + sum(p["n_train"] + p["n_verify"] for p in probes) + emp_cells * cfg.emp_runs
     problems += differences("throughput", doc["throughput"],
                             throughput(runs, cfg.sample.recipe.steps, doc["timings"]["total_s"], len(probes)), rel=1e-9)
     return problems
+
+
+def _check_empirical(emp: Any, cfg: CertifyConfig, rule: SafetyRule, probes: List[Dict[str, Any]],
+                     delta_cert: Optional[float]) -> List[str]:
+    """The δ_emp section, rebuilt from its stored hit counts: one cell per attack of the
+    configuration and probed budget (in that order), each attack's δ_emp and the comparison."""
+    if cfg.emp_attacks is None:
+        return [] if emp is None else ["empirical is given although the configuration names no emp_attacks"]
+    if not isinstance(emp, dict) or not isinstance(emp.get("rows"), list):
+        return [f"empirical is {emp!r}, expected the δ_emp record the configuration's emp_attacks ask for"]
+    grid = [(kind, delta) for kind in certificate_attacks(cfg) for delta in probed_budgets(probes)]
+    rows = emp["rows"]
+    if [(r.get("attack"), r.get("delta")) for r in rows] != grid:
+        return [f"empirical.rows are the cells {[(r.get('attack'), r.get('delta')) for r in rows]}, expected one per attack "
+                f"and probed budget: {grid}"]
+    problems = []
+    cells = []
+    for i, r in enumerate(rows):
+        hits = check_hits(r["hits"], rule.test_size, f"empirical.rows[{i}].hits")
+        if hits.size != cfg.emp_runs:
+            problems.append(f"empirical.rows[{i}] holds {hits.size} runs, the configuration's emp_runs {cfg.emp_runs}")
+        if r["backend"] not in BACKENDS:
+            problems.append(f"empirical.rows[{i}].backend {r['backend']!r} is not one of {BACKENDS}")
+        cells.append(cell(rule, r["attack"], r["delta"], hits, r["backend"]))
+    return problems + differences("empirical", emp, empirical_record(cfg, probed_budgets(probes), cells, delta_cert))
 
 
 DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
@@ -188,7 +216,7 @@ def _check_provenance(doc: Dict[str, Any]) -> List[str]:
     if doc["features_by"] not in FEATURE_MAPS:
         problems.append(f"features_by {doc['features_by']!r} is not one of {FEATURE_MAPS}")
     t = doc["timings"]
-    problems += _fields("timings", t, ("total_s", "clean_s") + TIMING_FIELDS)
+    problems += _fields("timings", t, ("total_s", "clean_s") + TIMING_FIELDS + ("empirical_s",))
     if not all(isinstance(v, (int, float)) and v >= 0 for v in t.values()):
         problems.append("timings are not all numbers of seconds >= 0")
     return problems

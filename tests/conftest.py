@@ -62,9 +62,10 @@ def forbid_launch(monkeypatch, module, kernel: str) -> None:
 
 
 CLI_CERTIFY_ARGS = ["certify", "--record-every", "40", "--n-verify", "120", "--n-train", "80", "--n-clean", "40",
-                    "--n-pool", "40", "--epsilon", "0.3", "--beta", "0.05", "--max-probes", "4", "--seed", "1", "--quiet"]
+                    "--n-pool", "40", "--epsilon", "0.3", "--beta", "0.05", "--max-probes", "4", "--seed", "1",
+                    "--emp-attacks", "sign", "--emp-runs", "20", "--quiet"]
 """A small certification of the default recipe through the CLI (about 15 s): CERTIFIED at a small
-budget, with REFUTED probes and witnesses above it."""
+budget, with REFUTED probes and witnesses above it, and δ_emp cells of its own attack and 'sign'."""
 
 
 @pytest.fixture(scope="session")

@@ -293,7 +293,50 @@ def forge_device(doc):
     doc["device"] = "cpu, audited"
 
 
+def emp_cell(doc, attack="gradient"):
+    return next(r for r in doc["empirical"]["rows"] if r["attack"] == attack)
+
+
+def forge_emp_count(doc):
+    emp_cell(doc)["unsafe"] += 1
+
+
+def forge_emp_comparison(doc):
+    doc["empirical"]["comparison"]["verdict"] = "strongest" if doc["empirical"]["comparison"]["verdict"] != "strongest" else "broken"
+
+
+def drop_emp_cell(doc):
+    doc["empirical"]["rows"].pop()
+
+
+def forge_emp_radius(doc):
+    doc["empirical"]["delta_emp"]["sign"] = 1e-9
+
+
+def emp_without_config(doc):
+    doc["config"]["emp_attacks"] = None
+
+
+def emp_hits_too_few(doc):
+    emp_cell(doc)["hits"].pop()
+
+
+def emp_backend(doc):
+    emp_cell(doc)["backend"] = "oracle"
+
+
+def safe_hits_in_emp(doc):
+    """An unsafe δ_emp run made safe: the cell's count and interval no longer follow."""
+    r = max(doc["empirical"]["rows"], key=lambda r: r["unsafe"])
+    i = min(range(len(r["hits"])), key=lambda i: r["hits"][i])
+    r["hits"][i] = doc["test_size"]
+
+
 FORGERIES = [
+    (forge_emp_count, "empirical.rows[0].unsafe"), (forge_emp_comparison, "empirical.comparison"),
+    (drop_emp_cell, "empirical.rows are the cells"), (forge_emp_radius, "empirical.delta_emp.sign"),
+    (emp_without_config, "empirical is given"), (emp_hits_too_few, "emp_runs"), (emp_backend, "backend 'oracle'"),
+    (safe_hits_in_emp, "empirical.rows"),
     (seed_as_float, "witness.seeds.poison"), (count_as_float, "n_verify"), (extra_hits_split, "hits has fields"),
     (extra_trunk_field, "barrier.trunk has fields"), (invented_violation, "train_violations has fields"),
     (train_loss_as_text, "barrier.train_loss"), (extra_timing, "timings has fields"), (extra_version, "versions has fields"),
@@ -412,8 +455,17 @@ def test_verify_replay_reproduces_the_certificate(cli_certificate, capsys):
     assert "replay: probe 1" in out.err, "replay logs its progress"
 
 
+def consistent_emp_hits_forgery(doc):
+    """A δ_emp run that did better than stored, by one test point: safe either way, the median unmoved."""
+    r = emp_cell(doc)
+    i = max(range(len(r["hits"])), key=lambda i: r["hits"][i])
+    assert r["hits"][i] < doc["test_size"]
+    r["hits"][i] += 1
+
+
 @pytest.mark.parametrize("edit,needle", [
     (consistent_hits_forgery, "verify split: run"),
+    (consistent_emp_hits_forgery, "empirical gradient δ="),
     (consistent_margin_forgery, "the margin of verification run"),
     (consistent_support_forgery, "support scenarios"),
 ])
