@@ -85,9 +85,10 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
     cells, emp_s = None, 0.0
     if emp_backends:
         tic = time.perf_counter()
+        budgets = probed_budgets(probes)
         log.info("empirical radii: %s, %d runs at each of the %d probed budgets", ", ".join(emp_backends),
-                 config.emp_runs, len(probed_budgets(probes)))
-        cells = certificate_cells(config, probed_budgets(probes), rule, data, emp_backends, device, progress)
+                 config.emp_runs, len(budgets))
+        cells = certificate_cells(config, budgets, rule, data, emp_backends, device, progress)
         emp_s = time.perf_counter() - tic
     run = {"versions": versions(), "backend": backend.name, "device": str(device), "features_by": clean.meta["features_by"]}
     cert = assemble(config, data, rule, clean.test_hits, pool, probes, {"clean_s": clean_s, **ctx.timings, "empirical_s": emp_s},

@@ -195,7 +195,7 @@ def assemble(config: CertifyConfig, data: Dataset, rule: SafetyRule, clean_hits:
 
     from . import pac
     from .context import radius_context
-    from .empirical import empirical_record, probed_budgets
+    from .empirical import empirical_record
     from .models import MLPShape
     from .outcomes import overall_status
     from .radius import max_budget, radii
@@ -220,7 +220,7 @@ def assemble(config: CertifyConfig, data: Dataset, rule: SafetyRule, clean_hits:
         "n_verify": config.n_verify, "n_train": config.n_train, "d": config.decision_variables,
         "epsilon_direct": pac.epsilon(config.n_verify + config.n_train, 1, config.beta_per_probe),
         "pool": pool, "probes": probes, "radii": found, "context": context,
-        "empirical": None if cells is None else empirical_record(config, probed_budgets(probes), cells, found["delta_cert"]),
+        "empirical": None if cells is None else empirical_record(config, cells, found["delta_cert"]),
         "warnings": warnings_for(rule, chance_hits(data.y_test)),
         "timings": {"total_s": total, **timings},
         "throughput": throughput(trajectories, scfg.recipe.steps, total, len(probes)),

@@ -129,12 +129,12 @@ def comparison(delta_cert: Optional[float], sampling_attack: str, rows: Sequence
                     "certificate stands for its own attack, with less room above it than that attack suggests"}
 
 
-def empirical_record(config: "CertifyConfig", deltas: Sequence[float], rows: Sequence[Dict[str, Any]],
-                     delta_cert: Optional[float]) -> Dict[str, Any]:
-    """A certificate's ``empirical`` section: its cells (without timings), each attack's δ_emp
-    and the comparison with δ_cert. ``verify`` rebuilds it from the stored hit counts."""
+def empirical_record(config: "CertifyConfig", rows: Sequence[Dict[str, Any]], delta_cert: Optional[float]) -> Dict[str, Any]:
+    """A certificate's ``empirical`` section: its cells (without timings), the budgets they were
+    measured at, each attack's δ_emp and the comparison with δ_cert. ``verify`` rebuilds it from
+    the stored hit counts."""
     cells = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-    return {"attacks": certificate_attacks(config), "n": config.emp_runs, "deltas": [float(d) for d in deltas],
+    return {"attacks": certificate_attacks(config), "n": config.emp_runs, "deltas": sorted({r["delta"] for r in cells}),
             "rows": cells, "delta_emp": delta_emp(cells),
             "comparison": comparison(delta_cert, config.sample.attack.kind, cells)}
 

@@ -196,7 +196,7 @@ def _check_empirical(emp: Any, cfg: CertifyConfig, rule: SafetyRule, probes: Lis
         if r["backend"] not in BACKENDS:
             problems.append(f"empirical.rows[{i}].backend {r['backend']!r} is not one of {BACKENDS}")
         cells.append(cell(rule, r["attack"], r["delta"], hits, r["backend"]))
-    return problems + differences("empirical", emp, empirical_record(cfg, probed_budgets(probes), cells, delta_cert))
+    return problems + differences("empirical", emp, empirical_record(cfg, cells, delta_cert))
 
 
 DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
