@@ -25,6 +25,7 @@ run are still written); 2 for bad arguments or a bad input file, refused before 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -140,7 +141,7 @@ class Settings:
         return {"part": part, "quick": self.quick, "device": str(self.device), "steps_per_call": self.steps,
                 "repeats": self.repeats(part) if part != "all" else None, "warmup": self.warmup, "delta": a.delta,
                 "memory_mb": a.memory_mb, "threads": torch.get_num_threads(), "workloads": self.workloads,
-                "certify": a.certify,
+                "certify": a.certify, "emp": a.emp,
                 "reference_steps": self.reference_steps, "gpu_warmup_ms": a.gpu_warmup_ms, "gpu_rep_ms": a.gpu_rep_ms,
                 "argv": getattr(a, "argv", None)}
 
@@ -238,7 +239,12 @@ def run_certify(s: Settings, mode: str) -> Dict:
     from barrierkit.report import profile_stages, profile_table
 
     cfg, workload = certify_config(mode, s.quick)
-    row: Dict = {"benchmark": "certify", "certify_config": mode + (" (quick)" if s.quick else ""), "device": str(s.device),
+    if s.args.emp:  # the certification with `certify --emp`: its δ_emp cells are timed as timings.empirical_s
+        from barrierkit.config import EMP_ATTACKS
+
+        cfg = dataclasses.replace(cfg, emp_attacks=EMP_ATTACKS, emp_runs=4 if s.quick else cfg.emp_runs)
+    row: Dict = {"benchmark": "certify", "certify_config": mode + (" (quick)" if s.quick else "") + (" --emp" if s.args.emp else ""),
+                 "device": str(s.device),
                  "workload": workload, "method": "certify", "n": cfg.n_verify,
                  "model": f"{cfg.sample.dataset} {'-'.join(map(str, cfg.sample.model.hidden))} batch {cfg.sample.recipe.batch}"}
     print(f"certify ({row['certify_config']}: {row['model']}, N_v={cfg.n_verify}, {cfg.sample.recipe.steps} steps, "
@@ -271,7 +277,7 @@ def run_certify(s: Settings, mode: str) -> Dict:
         stages={name: {"seconds": sec, "share": share} for name, sec, share in profile_stages(doc)},
         certify_settings={k: cfg.to_dict()[k] for k in ("n_verify", "n_train", "n_clean", "n_pool", "max_probes", "epsilon", "beta")}
         | {"steps": cfg.sample.recipe.steps}, certificate=os.path.basename(cert_path),
-        delta_direct=doc["radii"]["delta_direct"],
+        delta_direct=doc["radii"]["delta_direct"], **emp_columns(doc),
         probe_path=[{"delta": p["delta"], "status": p["status"], "unsafe_verify": p["n_unsafe_verify"],
                      "unsafe_train": p["n_unsafe_train"], "epsilon": p.get("epsilon"), "eta_check": p.get("eta_check"),
                      "reason": p.get("reason")} for p in probes], **mem.result)
@@ -280,9 +286,24 @@ def run_certify(s: Settings, mode: str) -> Dict:
     for p in row["probe_path"]:
         print(f"    δ={p['delta']:<8.4g} {p['status']:<12} unsafe {p['unsafe_verify']} verify / {p['unsafe_train']} train"
               + (f"  ({p['reason']})" if p["status"] != "CERTIFIED" and p["reason"] else ""))
+    if doc["empirical"] is not None:
+        print(f"  --emp: {row['empirical_s']:.1f} s, {row['emp_overhead']:.2f}x the certification without it; "
+              + ", ".join(f"δ_emp({k}) = {v}" for k, v in row["delta_emp"].items()))
     print(f"  certificate: {cert_path}")
     print("  " + profile_table(doc).replace("\n", "\n  "), flush=True)
     return s.record(row)
+
+
+def emp_columns(doc: Dict) -> Dict:
+    """The --emp columns of a certify row: each attack's δ_emp, its cells' unsafe counts and the
+    δ_emp stage's time as a multiple of the rest of the certification (the issue's ≤ 2x target)."""
+    emp = doc["empirical"]
+    if emp is None:
+        return {}
+    rest = float(doc["timings"]["total_s"]) - float(doc["timings"]["empirical_s"])
+    return {"delta_emp": emp["delta_emp"], "emp_runs": emp["n"], "emp_verdict": emp["comparison"]["verdict"],
+            "emp_overhead": float(doc["timings"]["empirical_s"]) / rest,
+            "emp_cells": [{k: r[k] for k in ("attack", "delta", "n", "unsafe", "interval_95", "backend")} for r in emp["rows"]]}
 
 
 def run_scaling(s: Settings) -> List[Dict]:
@@ -483,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the certification run (throughput's last row, and the certify part): default "
                         "CertifyConfig (digits), mnist (784-64-10, batch 64, N_v=4000), the reduced one, or none "
                         "(auto: reduced with --quick, else default; --quick shrinks mnist to seconds)")
+    g.add_argument("--emp", action="store_true",
+                   help="certify with --emp (δ_emp of the strongest built-in attacks at every probed budget) and "
+                        "report its time as a multiple of the certification without it")
     g.add_argument("--peak-gflops", type=number(), default=None, help="FLOP roof (GFLOP/s) for roofline fractions on a CPU")
     g.add_argument("--peak-gbps", type=number(), default=None, help="bandwidth roof (GB/s) for roofline fractions on a CPU")
     g = common.add_argument_group("scaling and scp")
