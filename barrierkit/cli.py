@@ -15,7 +15,7 @@ import sys
 import textwrap
 import traceback
 import typing
-from typing import Any, Callable, Dict, List, Optional, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 import numpy as np
 
@@ -335,14 +335,20 @@ def cmd_attack(args: argparse.Namespace) -> int:
         return EXIT_OK
     attacks = [name.strip() for name in args.attacks.split(",") if name.strip()]
     deltas = _numbers(args.deltas, "deltas")
-    outputs = check_outputs([("out", args.out)])
+    from .figures import strength_figure
+
+    outputs = check_outputs([("out", args.out)] + ([("plot", args.plot)] if args.plot is not None else []))
     refuse_to_overwrite_the_config(args, outputs)
+    if args.plot is not None:  # refused before the runs when matplotlib is missing
+        figure_files(None, None, check_only=True)
     with OutputLocks(outputs):
         result = attack_strength(config, attacks, deltas, args.n, args.n_clean, args.alpha, args.seed, args.backend,
                                  args.device, _progress(args))
-        write_together([(outputs[0][1], lambda fh: fh.write(json_bytes(result)))])
+        files = [(outputs[0][1], lambda fh: fh.write(json_bytes(result)))]
+        files += figure_files(strength_figure(result), outputs[1][1] if args.plot is not None else None)
+        write_together(files)
     say(strength_table(result))
-    say(f"wrote {args.out}")
+    say(f"wrote {args.out}" + (f" and {args.plot}" if args.plot is not None else ""))
     return EXIT_OK
 
 
@@ -455,8 +461,50 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def figure_files(figure: Any, plot: Optional[str], page: Optional[Callable[[Optional[bytes], str], str]] = None,
+                 html_path: Optional[str] = None, check_only: bool = False) -> List[Tuple[str, Any]]:
+    """(path, writer) for --plot (a PNG of ``figure``) and --html (``page(png, why_no_png)``).
+    --plot without matplotlib is a CliError (``check_only``: that check alone, before any work);
+    the HTML page then says the plot is missing and why."""
+    from .figures import PlotUnavailable, png_bytes, require_matplotlib
+
+    if check_only:
+        try:
+            require_matplotlib()
+        except PlotUnavailable as exc:
+            raise CliError(f"plot: {exc}") from None
+        return []
+    if plot is None and html_path is None:
+        return []
+    try:
+        png, missing = png_bytes(figure), ""
+    except PlotUnavailable as exc:
+        if plot is not None:
+            raise CliError(f"plot: {exc}") from None
+        png, missing = None, str(exc)
+    files: List[Tuple[str, Any]] = []
+    if plot is not None:
+        files.append((plot, lambda fh: fh.write(png)))
+    if html_path is not None:
+        text = page(png, missing).encode("utf-8")
+        files.append((html_path, lambda fh: fh.write(text)))
+    return files
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    say(_load_checked(args.certificate).summary())
+    from .figures import certificate_figure
+    from .html_report import certificate_html
+    from .io import write_together
+
+    wanted = [(option, path) for option, path in (("plot", args.plot), ("html", args.html)) if path is not None]
+    outputs = dict(check_outputs(wanted, keep_apart=[("certificate", os.path.realpath(args.certificate))]))
+    cert = _load_checked(args.certificate)
+    files = figure_files(certificate_figure(cert.doc), outputs.get("plot"), lambda png, why: certificate_html(cert.doc, png, why),
+                         outputs.get("html"))
+    write_together(files)
+    say(cert.summary())
+    for option, path in wanted:
+        say(f"wrote {path} (--{option})")
     return EXIT_OK
 
 
@@ -528,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-clean", type=int, default=200, help="clean runs behind g_c (default: 200)")
     g = groups[LOGGING]
     g.add_argument("--out", default="attack-strength.json", help="JSON results to write (default: attack-strength.json)")
+    g.add_argument("--plot", default=None, metavar="PNG",
+                   help="also write the unsafe fraction against δ per attack as a PNG (needs matplotlib: "
+                        "pip install 'barrierkit[plot]')")
     add_logging_options(g)
     p.set_defaults(func=cmd_attack)
 
@@ -576,6 +627,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "the certificate does not mean. The document is checked as 'verify' checks it "
                             "first; a document that fails is refused the same way.")
     p.add_argument("certificate", help="certificate JSON")
+    g = p.add_argument_group("files (each written only when the certificate checks)")
+    g.add_argument("--plot", default=None, metavar="PNG",
+                   help="write the unsafe fraction against δ per attack (95%% Clopper–Pearson bars; δ_cert, δ_direct and "
+                        "ε marked) as a PNG: the certify --emp cells, else the probes' verification runs "
+                        "(needs matplotlib: pip install 'barrierkit[plot]')")
+    g.add_argument("--html", default=None, metavar="HTML",
+                   help="write one self-contained HTML page: the plot (embedded), its table of unsafe counts and the "
+                        "report (without matplotlib, the page says the plot is missing)")
     add_logging_options(p.add_argument_group(LOGGING))
     p.set_defaults(func=cmd_report)
     return parser

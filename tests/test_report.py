@@ -6,7 +6,7 @@ import pytest
 from barrierkit.certificate import Certificate
 from barrierkit.outcomes import overall_status
 from barrierkit.radius import radii
-from barrierkit.report import radii_lines, summary_text
+from barrierkit.report import radii_lines
 
 pytestmark = pytest.mark.portability  # also run under ATEN_CPU_CAPABILITY=default and avx2 (tests/test_portability.py)
 
