@@ -1,13 +1,19 @@
-"""Directions for the ``gradient`` sampling attack: a clean reference model's input gradients.
+"""What a clean reference model tells an attacker: the ``gradient`` attack's directions (its input
+gradients) and the ``chosen`` subset rule's points (its lowest margins).
 
 The reference model is one clean training run of the same model and recipe (float64, seeds
 derived from ``reference_seed``). For each training point i the direction is the gradient of
 its own cross-entropy loss with respect to the input, the locally error-maximising direction:
 sign(g_i) for l_inf and g_i / ||g_i||_2 for l_2 (zero where the gradient vanishes).
+
+The chosen subset is the K = ⌈ρ·n⌉ training points of lowest margin z_y − max_{j≠y} z_j under
+the same reference model (ties by index): the points nearest to being misclassified, which a
+poison moves across the boundary most cheaply.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Dict, Tuple
 
 import numpy as np
@@ -19,6 +25,7 @@ from .models import MLPShape, forward, init_params
 from .rng import Purpose, derive_seeds
 
 _CACHE: Dict[Tuple, np.ndarray] = {}
+_CHOSEN: Dict[Tuple, np.ndarray] = {}
 
 
 def train_reference(config: SampleConfig, data: Dataset):
@@ -29,7 +36,7 @@ def train_reference(config: SampleConfig, data: Dataset):
     from .backends.torch_ref import train_segment
 
     clean = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, dtype="float64"),
-                                threat=dataclasses.replace(config.threat, rho=0.0))
+                                threat=dataclasses.replace(config.threat, rho=0.0, subset="random"))
     shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
     init, schedule = derive_seeds(config.attack.reference_seed, Purpose.REFERENCE, 0, 2).astype(np.int64)
     params = init_params(shape, np.array([init]), dtype=torch.float64)
@@ -85,3 +92,35 @@ def gradient_directions(config: SampleConfig, data: Dataset) -> np.ndarray:
             direction = np.divide(g, norm, out=np.zeros_like(g), where=norm > 0)
         _CACHE[key] = direction
     return _CACHE[key]
+
+
+def chosen_count(rho: float, n: int) -> int:
+    """K = ⌈ρ·n⌉, the number of points a chosen subset poisons (ρ·n rounded to 9 decimals first,
+    so that a product like 0.1 · 10 that is an integer on paper is not rounded up past it)."""
+    return min(n, math.ceil(round(rho * n, 9)))
+
+
+def clean_margins(params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y − max_{j≠y} z_j of every point under each of N stacked models, [N, n] (the parameters' dtype)."""
+    logits, _ = forward(params, x.to(params[0].dtype))
+    true = logits.gather(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1)).squeeze(-1)
+    others = logits.scatter(-1, y.view(1, -1, 1).expand(logits.shape[0], -1, 1), -math.inf)
+    return true - others.max(dim=-1).values
+
+
+def lowest(margins: np.ndarray, k: int) -> np.ndarray:
+    """Bool [n]: the k entries of smallest value, ties broken by the lower index."""
+    chosen = np.zeros(margins.shape[0], dtype=bool)
+    chosen[np.argsort(margins, kind="stable")[:k]] = True
+    return chosen
+
+
+def chosen_subset(config: SampleConfig, data: Dataset) -> np.ndarray:
+    """The chosen subset rule's poisoned points, bool [n_train]: the ⌈ρ·n⌉ of lowest clean margin
+    under the reference model (float64), cached per setting."""
+    key = (data.content_hash, config.model, config.recipe, config.attack.reference_seed, config.threat.rho)
+    if key not in _CHOSEN:
+        margins = clean_margins(train_reference(config, data), torch.as_tensor(data.x_train, dtype=torch.float64),
+                                torch.as_tensor(data.y_train))[0].numpy()
+        _CHOSEN[key] = lowest(margins, chosen_count(config.threat.rho, margins.shape[0]))
+    return _CHOSEN[key]

@@ -17,6 +17,13 @@ SEED_LIMIT = 2**63
 """Seeds are non-negative and fit a signed 64-bit integer."""
 
 NORMS = ("inf", "2")
+SUBSET_RULES = {
+    "random": "each training point is poisoned independently with probability ρ (a fresh subset per run)",
+    "chosen": "the attacker poisons the ⌈ρ·n⌉ training points of lowest clean margin (logit of the true class "
+              "minus the largest other logit) under the clean reference model, the same points in every run: a "
+              "different, stronger threat model than the random subset",
+}
+"""Which training points are poisoned (the subset rule a certificate names)."""
 ATTACKS = ("uniform", "sign", "gradient", "adaptive", "unrolled", "unrolled_test")
 ATTACK_DESCRIPTIONS = {
     "adaptive": "δ times the sign (ℓ∞) or unit direction (ℓ2) of the input gradient of the point's loss under the run's "
@@ -159,7 +166,9 @@ class ThreatModel:
     """Training-time poisoning: each point poisoned w.p. ``rho``; ||Delta||_p <= delta; x in domain."""
 
     norm: str = setting("inf", "perturbation norm: inf or 2")
-    rho: float = setting(0.5, "probability that a training point is poisoned")
+    rho: float = setting(0.5, "probability that a training point is poisoned (subset chosen: the fraction of points "
+                              "the attacker poisons)")
+    subset: str = setting("random", "which points are poisoned: " + "; ".join(f"{name}: {text}" for name, text in SUBSET_RULES.items()))
     domain: Tuple[float, float] = setting((0.0, 1.0), "input domain LOW,HIGH: a poisoned point is projected back into it "
                                                                "(a negative LOW is written --domain=-1,1)")
 
@@ -168,6 +177,9 @@ class ThreatModel:
         object.__setattr__(self, "norm", _norm_name(self.norm))
         _check(self.norm in NORMS, "norm", f"must be one of {NORMS}, got {self.norm!r}")
         _check(_finite(self.rho) and 0.0 <= self.rho <= 1.0, "rho", f"must be in [0, 1], got {self.rho!r}")
+        _check(self.subset in SUBSET_RULES, "subset", f"must be one of {tuple(SUBSET_RULES)}, got {self.subset!r}")
+        _check(self.subset != "chosen" or self.rho > 0, "subset",
+               "a chosen subset needs rho > 0 (the attacker poisons ⌈ρ·n⌉ points; with rho = 0 there is no attack)")
         _check(isinstance(self.domain, (tuple, list)) and len(self.domain) == 2, "domain",
                f"must be (low, high), got {self.domain!r}")
         lo, hi = self.domain

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .environment import physical_memory_bytes, versions
-from .attacks import adaptive_directions, gradient_directions
+from .attacks import adaptive_directions, chosen_subset, gradient_directions
 from .unrolled import UNROLLED_ATTACKS, table_directions
 from .backends import Backend, StepProblem, TrainState, resolve, torch_dtype
 from .config import SEED_LIMIT, ConfigError, SampleConfig, check_delta
@@ -134,6 +134,8 @@ def sample(
         directions = torch.as_tensor(gradient_directions(config, data), device=device)
     elif poisoning and config.attack.kind in UNROLLED_ATTACKS:
         directions = torch.as_tensor(table_directions(config, data, delta), device=device)
+    chosen = (torch.as_tensor(chosen_subset(config, data), device=device)
+              if poisoning and config.threat.subset == "chosen" else None)
     t_reference = time.perf_counter() - t_start
 
     x_train = torch.as_tensor(data.x_train, dtype=torch.float64, device=device)
@@ -162,7 +164,7 @@ def sample(
             theta0 = flatten(params).to(torch.float64)
             features[lo:hi, 0] = fmap(params, theta0).cpu().numpy()
             timings["features_s"] += time.perf_counter() - tic
-            problem = StepProblem.from_config(config, x_train, y_train, s, delta, directions)
+            problem = StepProblem.from_config(config, x_train, y_train, s, delta, directions, chosen)
             fraction[lo:hi] = problem.poison.point_mask.to(torch.float64).mean(dim=1).cpu().numpy()
             state = TrainState(params)
             for k in range(1, K + 1):

@@ -3,7 +3,9 @@
 For a trajectory with poison seed p, training point i is poisoned iff u_i < rho with
 u_i = U(Philox(p; i, 0, SUBSET, 0)[0]); its perturbation Delta_i depends only on (p, i), so the
 poisoned dataset D^Delta is fixed for the whole run and any minibatch can recompute its rows
-without materialising N poisoned copies of the data. Poisoned inputs are
+without materialising N poisoned copies of the data. Under the ``chosen`` subset rule the subset
+is instead one fixed set of points for every trajectory (``PoisonSpec.chosen``, made by
+barrierkit.attacks.chosen_subset) and only the training randomness varies. Poisoned inputs are
 x' = clip(x + Delta_i, domain), which can only shrink ||x' - x||_p below delta.
 
 Perturbation draws (element e of point i, D input dimensions):
@@ -56,6 +58,7 @@ class PoisonSpec:
     directions: Optional[torch.Tensor] = None  # float64 unit directions: [n_train, D] (gradient), [N, n_train, D] (adaptive)
     point_mask: Optional[torch.Tensor] = None  # [N, n_train] bool: the subset, drawn once per chunk
     point_sign: Optional[torch.Tensor] = None  # [N, n_train] float64: the gradient attack's sign flips
+    chosen: Optional[torch.Tensor] = None  # [n_train] bool: the chosen subset (None: the random Bernoulli(rho) subset)
 
     @property
     def active(self) -> bool:
@@ -69,7 +72,15 @@ class PoisonSpec:
         """
         idx = torch.arange(n_train, device=self.seeds.device).view(1, -1).expand(self.seeds.shape[0], -1)
         sign = flip_signs(self.seeds, idx, self.sign_noise) if self.kind == "gradient" else None
-        return dataclasses.replace(self, point_mask=subset_mask(self.seeds, idx, self.rho), point_sign=sign)
+        return dataclasses.replace(self, point_mask=self.mask_at(idx).contiguous(), point_sign=sign)
+
+    def mask_at(self, idx: torch.Tensor) -> torch.Tensor:
+        """Bool [N, B]: is point idx[n, b] poisoned in trajectory n (the cached draws when made)."""
+        if self.point_mask is not None:
+            return self.point_mask.gather(1, idx)
+        if self.chosen is not None:
+            return self.chosen.to(idx.device)[idx]
+        return subset_mask(self.seeds, idx, self.rho)
 
 
 def _seed_grid(seeds: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -139,7 +150,7 @@ def poison_batch(spec: PoisonSpec, x_clean: torch.Tensor, idx: torch.Tensor, dty
     """
     if not spec.active:
         return x_clean.to(dtype)
-    mask = spec.point_mask.gather(1, idx) if spec.point_mask is not None else subset_mask(spec.seeds, idx, spec.rho)
+    mask = spec.mask_at(idx)
     delta = perturbation(spec, idx, x_clean.shape[-1])
     lo, hi = spec.domain
     poisoned = (x_clean + delta).clamp_(lo, hi)  # in place: one [N, B, D] float64 temporary fewer

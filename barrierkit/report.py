@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .config import ATTACK_DESCRIPTIONS
+from .config import ATTACK_DESCRIPTIONS, SUBSET_RULES
 
 
 def _norm(threat: Dict[str, Any]) -> str:
     return "ℓ∞" if threat["norm"] == "inf" else "ℓ2"
+
+
+def subset_rule(threat: Dict[str, Any]) -> str:
+    """The threat's subset rule (a document written before the rule existed used ``random``)."""
+    return threat.get("subset", "random")
+
+
+def poisoned_points(threat: Dict[str, Any]) -> str:
+    """Which training points the guarantee's runs poison, in words."""
+    if subset_rule(threat) == "chosen":
+        return (f"whose ⌈ρ·n⌉ training points (ρ = {threat['rho']:g}) of lowest clean margin are poisoned, the same "
+                "points in every run (the attacker's chosen subset),")
+    return f"whose training points are each poisoned with probability ρ = {threat['rho']:g}"
 
 
 def guarantee_sentence(doc: Dict[str, Any]) -> str:
@@ -20,7 +33,7 @@ def guarantee_sentence(doc: Dict[str, Any]) -> str:
     where = f"the {_norm(threat)} budget δ = {radii['delta_cert']:.4g}" + (" (the whole input domain)" if radii["whole_domain"] else "")
     return (
         f"With confidence at least {1 - cfg['beta']:.6g} over the sampled verification runs, a fresh training run "
-        f"of this recipe whose training points are each poisoned with probability ρ = {threat['rho']:g} by the "
+        f"of this recipe {poisoned_points(threat)} by the "
         f"'{attack['kind']}' sampling attack at {where} ends with an accuracy drop G = g_c − g ≤ α = {cfg['alpha']:g} "
         f"(g_c = {doc['g_clean']:.4f}) with probability at least 1 − ε = {1 - doc['epsilon']:.4g}."
     )
@@ -114,7 +127,9 @@ def summary_text(doc: Dict[str, Any]) -> str:
     lines = [f"barrierkit certificate: {doc['status']}", "", guarantee_sentence(doc), "",
              f"Sampling attack '{attack['kind']}': {ATTACK_DESCRIPTIONS[attack['kind']]}"
              + (f"; each poisoned point's direction flipped with probability {attack['sign_noise']:g}"
-                if attack["kind"] == "gradient" and attack["sign_noise"] > 0 else "") + ".", ""]
+                if attack["kind"] == "gradient" and attack["sign_noise"] > 0 else "") + ".",
+             f"Subset rule '{subset_rule(doc['config']['sample']['threat'])}': "
+             f"{SUBSET_RULES[subset_rule(doc['config']['sample']['threat'])]}.", ""]
     lines += radii_lines(doc)
     lines += [""] + empirical_lines(doc)
     lines += ["", "Probes:"]

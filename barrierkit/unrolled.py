@@ -1,7 +1,7 @@
 """The ``unrolled`` sampling attacks: one perturbation per training point, optimised through training.
 
 The attacker runs the recipe itself: ``UNROLLS`` training runs at once (their own init, batch
-order and Bernoulli(rho) subset, seeds from :attr:`barrierkit.rng.Purpose.UNROLLED` of
+order and Bernoulli(rho) subset, or the chosen points under the ``chosen`` subset rule; seeds from :attr:`barrierkit.rng.Purpose.UNROLLED` of
 ``attack.reference_seed``), differentiates the final models' mean cross-entropy on the objective
 data through every SGD step (autograd through the reference's closed-form step), and moves the
 perturbation table Delta [n, D] by projected sign-gradient ascent: ``ITERATIONS`` rounds of
@@ -19,12 +19,12 @@ ITERATIONS * UNROLLS * 3 trained runs' work (float64, on the CPU), made once per
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
-from .attacks import unit_directions
+from .attacks import chosen_subset, unit_directions
 from .config import SampleConfig
 from .data import Dataset
 from .models import MLPShape, Params, forward, init_params
@@ -76,14 +76,27 @@ def _project(delta_table: torch.Tensor, x: torch.Tensor, budget: float, norm: st
     return delta_table * torch.clamp(budget * (1.0 - 2.0**-40) / torch.where(length > 0, length, 1.0), max=1.0)
 
 
+def attacker_subsets(config: SampleConfig, subset_seeds: torch.Tensor, n: int,
+                     chosen: Optional[torch.Tensor]) -> torch.Tensor:
+    """Bool [U, n]: which points each attacker run poisons, by the threat's subset rule (the
+    Bernoulli(rho) subset of its seed, or the chosen points in every run)."""
+    if config.threat.subset == "chosen":
+        if chosen is None:
+            raise ValueError("subset: the chosen subset rule needs its points (barrierkit.attacks.chosen_subset)")
+        return chosen.view(1, -1).expand(len(subset_seeds), -1)
+    return subset_mask(subset_seeds, torch.arange(n).view(1, -1).expand(len(subset_seeds), -1), config.threat.rho)
+
+
 def ascent_gradient(config: SampleConfig, shape: MLPShape, x: torch.Tensor, y: torch.Tensor, x_obj: torch.Tensor,
-                    y_obj: torch.Tensor, table: torch.Tensor, seeds: np.ndarray) -> torch.Tensor:
+                    y_obj: torch.Tensor, table: torch.Tensor, seeds: np.ndarray,
+                    chosen: Optional[torch.Tensor] = None) -> torch.Tensor:
     """d objective / d table [n, D]: the attacker's runs with ``seeds`` [U, 3] (init, subset,
-    schedule) train on x poisoned by ``table`` where their subsets say, all U at once, and the
-    objective is the final models' mean cross-entropy on (x_obj, y_obj), averaged over the runs."""
+    schedule) train on x poisoned by ``table`` where their subsets say (the chosen points, when
+    ``chosen`` is given), all U at once, and the objective is the final models' mean cross-entropy
+    on (x_obj, y_obj), averaged over the runs."""
     s = torch.as_tensor(seeds)
     n = x.shape[0]
-    mask = subset_mask(s[:, 1], torch.arange(n).view(1, -1).expand(len(seeds), -1), config.threat.rho).unsqueeze(-1)
+    mask = attacker_subsets(config, s[:, 1], n, chosen).unsqueeze(-1)
     table = table.detach().requires_grad_(True)
     poisoned = torch.where(mask, (x + table).clamp(*config.threat.domain), x)
     params = _train(init_params(shape, seeds[:, 0], dtype=torch.float64), poisoned, y,
@@ -105,12 +118,13 @@ def unrolled_table(config: SampleConfig, data: Dataset, budget: float) -> np.nda
     y = torch.as_tensor(data.y_train)
     x_obj, y_obj = (x, y) if kind == "unrolled" else (torch.as_tensor(data.x_test, dtype=torch.float64), torch.as_tensor(data.y_test))
     shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
+    chosen = torch.as_tensor(chosen_subset(config, data)) if threat.subset == "chosen" else None
     table = torch.zeros_like(x)
     step = STEP_FRACTION * budget
     for it in range(ITERATIONS):
         seeds = np.stack([derive_seeds(config.attack.reference_seed, 3 * Purpose.UNROLLED + j, it * UNROLLS, UNROLLS)
                           for j in range(3)], axis=1).astype(np.int64)
-        grad = ascent_gradient(config, shape, x, y, x_obj, y_obj, table, seeds)
+        grad = ascent_gradient(config, shape, x, y, x_obj, y_obj, table, seeds, chosen)
         table = _project(table + step * unit_directions(grad, threat.norm), x, budget, threat.norm, threat.domain)
     result = table.detach().numpy()
     if not np.isfinite(result).all():

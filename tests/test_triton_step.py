@@ -13,6 +13,8 @@ batches are within 2.5e-7 (2 ulp at 1.0) of poison.poison_batch, and the set of 
 is identical.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -249,6 +251,24 @@ def test_uniform_l2_falls_back_to_torch_ref():
         assert torch.equal(a, b)
     assert "uniform l_2" in run_both.fallback
     assert not triton_gpu.backend().runs_natively("uniform", "2") and triton_gpu.backend().runs_natively("uniform", "inf")
+
+
+def test_chosen_subset_falls_back_to_torch_ref():
+    n = 40
+    params, problem = make_problem(3, 13, (7,), 3, 8, n, kind="sign", cached_draws=False)
+    chosen = torch.zeros(n, dtype=torch.bool, device=DEVICE)
+    chosen[::3] = True
+
+    def chosen_problem():
+        p = problem()
+        return dataclasses.replace(p, poison=dataclasses.replace(p.poison, chosen=chosen).with_point_draws(n))
+
+    ref, out = run_both(params, chosen_problem, 0, 3)
+    for a, b in zip(ref.params, out.params):
+        assert torch.equal(a, b)
+    assert "chosen subset" in run_both.fallback
+    random_ref, _ = run_both(params, problem, 0, 3)
+    assert not torch.equal(random_ref.params[0], ref.params[0]), "the chosen points are not the random subset"
 
 
 @pytest.mark.parametrize("kind", ["uniform", "sign", "gradient", "adaptive"])

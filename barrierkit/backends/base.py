@@ -48,14 +48,20 @@ class StepProblem:
 
     @classmethod
     def from_config(cls, config: SampleConfig, x_train: torch.Tensor, y_train: torch.Tensor, seeds: torch.Tensor,
-                    delta: float, directions: Optional[torch.Tensor] = None) -> "StepProblem":
+                    delta: float, directions: Optional[torch.Tensor] = None,
+                    chosen: Optional[torch.Tensor] = None) -> "StepProblem":
         """The problem of trajectories with ``seeds`` ([N, 3] init, poison, schedule) at budget
         ``delta`` under ``config``'s recipe, threat and attack, with the per-point poison draws made
-        once (:meth:`PoisonSpec.with_point_draws`). ``directions`` are the gradient attack's."""
+        once (:meth:`PoisonSpec.with_point_draws`). ``directions`` are the gradient attack's,
+        ``chosen`` the chosen subset's points (bool [n_train]; needed when the threat's subset is
+        ``chosen`` and the budget poisons)."""
         threat, attack, recipe = config.threat, config.attack, config.recipe
         n_train = int(x_train.shape[0])
+        if threat.subset == "chosen" and delta > 0 and chosen is None:
+            raise ValueError("subset: the chosen subset rule needs its points (barrierkit.attacks.chosen_subset)")
         poison = PoisonSpec(seeds=seeds[:, 1], rho=threat.rho, delta=delta, norm=threat.norm, kind=spec_kind(attack.kind),
-                            domain=threat.domain, sign_noise=attack.sign_noise, directions=directions)
+                            domain=threat.domain, sign_noise=attack.sign_noise, directions=directions,
+                            chosen=chosen if threat.subset == "chosen" else None)
         return cls(x_train=x_train, y_train=y_train, schedule=Schedule(seeds[:, 2], n_train, recipe.batch),
                    poison=poison.with_point_draws(n_train), lr=recipe.lr, momentum=recipe.momentum,
                    weight_decay=recipe.weight_decay, dtype=torch_dtype(recipe.dtype))

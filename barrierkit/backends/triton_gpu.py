@@ -119,6 +119,8 @@ def make_train_segment(input_precision: str = DEFAULT_PRECISION, max_steps: int 
         hidden = [int(state.params[2 * k].shape[1]) for k in range(len(state.params) // 2 - 1)]
         n_classes = int(state.params[-2].shape[1])
         reason = ms.unsupported_reason(attack, norm, hidden, problem.schedule.batch, n_classes)
+        if reason is None and attack != "none" and problem.poison.chosen is not None:
+            reason = "the chosen subset: the fused kernel draws the Bernoulli(rho) subset itself"
         if reason is not None:
             if not (attack == "uniform" and norm == "2"):
                 warnings.warn(f"triton backend falls back to torch_ref: {reason}", RuntimeWarning, stacklevel=2)
