@@ -193,12 +193,52 @@ def normal_pair_torch(b0: torch.Tensor, b1: torch.Tensor) -> Tuple[torch.Tensor,
     return r * torch.cos(2.0 * np.pi * u1), r * torch.sin(2.0 * np.pi * u1)
 
 
+_LN2 = 0.6931471805599453  # the float64 nearest ln 2
+_LOG_TERMS = 20  # atanh series: |s| <= 1/3, so the 20th odd term is below 2**-64 of the sum
+_TRIG_TERMS = 12  # Taylor series on |x| <= pi/4: the 12th term is below 2**-64
+
+
+def log_portable(u: np.ndarray) -> np.ndarray:
+    """ln u for u > 0 in float64 from IEEE +, -, *, / and the exact frexp only: the same bits on
+    every CPU (numpy's np.log takes a different SIMD path with AVX-512 than with AVX2, and their
+    last bits differ). u = m·2**e, ln m = 2·atanh(s) with s = (m − 1)/(m + 1), by Horner."""
+    m, e = np.frexp(np.asarray(u, dtype=np.float64))
+    s = (m - 1.0) / (m + 1.0)
+    s2 = s * s
+    acc = np.zeros_like(s)
+    for k in range(_LOG_TERMS - 1, -1, -1):
+        acc = acc * s2 + 1.0 / (2 * k + 1)
+    return 2.0 * s * acc + e.astype(np.float64) * _LN2
+
+
+def cos_sin_turns_portable(v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(cos 2πv, sin 2πv) for v in [0, 1) from IEEE arithmetic only (see :func:`log_portable`):
+    4v = n + f exactly with n the nearest integer, then Taylor series at x = f·π/2, |x| <= π/4,
+    rotated by the quarter turns n."""
+    q = np.asarray(v, dtype=np.float64) * 4.0
+    n = np.floor(q + 0.5)
+    x = (q - n) * (np.pi / 2.0)
+    x2 = x * x
+    c = np.ones_like(x)
+    si = np.ones_like(x)
+    for k in range(_TRIG_TERMS - 1, 0, -1):  # nested: cos x = 1 − x²/(1·2)·(1 − x²/(3·4)·(…)), sin x / x likewise
+        c = 1.0 - c * x2 / ((2 * k - 1) * (2 * k))
+        si = 1.0 - si * x2 / ((2 * k) * (2 * k + 1))
+    si = si * x
+    quarter = n.astype(np.int64) % 4
+    cos = np.select([quarter == 0, quarter == 1, quarter == 2], [c, -si, -c], si)
+    sin = np.select([quarter == 0, quarter == 1, quarter == 2], [si, c, -si], -c)
+    return cos, sin
+
+
 def normal_pair_numpy(b0: np.ndarray, b1: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Two standard normals (float64) from two words by Box-Muller (numpy twin)."""
+    """Two standard normals (float64) from two words by Box-Muller, the same bits on every CPU
+    (:func:`log_portable`, :func:`cos_sin_turns_portable`; sqrt is correctly rounded by IEEE)."""
     u0 = uniform_from_bits_numpy(b0)
     u1 = uniform_from_bits_numpy(b1)
-    r = np.sqrt(-2.0 * np.log(u0))
-    return r * np.cos(2.0 * np.pi * u1), r * np.sin(2.0 * np.pi * u1)
+    r = np.sqrt(-2.0 * log_portable(u0))
+    cos, sin = cos_sin_turns_portable(u1)
+    return r * cos, r * sin
 
 
 # --------------------------------------------------------------------------- seeds
