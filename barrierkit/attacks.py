@@ -1,5 +1,6 @@
-"""What a clean reference model tells an attacker: the ``gradient`` attack's directions (its input
-gradients) and the ``chosen`` subset rule's points (its lowest margins).
+"""What a model tells an attacker: a clean reference model's input gradients (the ``gradient``
+attack's directions) and lowest margins (the ``chosen`` subset rule's points), and each run's own
+current model's (the run-aware ``adaptive`` and ``lookahead`` attacks' directions).
 
 The reference model is one clean training run of the same model and recipe (float64, seeds
 derived from ``reference_seed``). For each training point i the direction is the gradient of
@@ -77,6 +78,35 @@ def adaptive_directions(params, x: torch.Tensor, y: torch.Tensor, norm: str) -> 
     training dtype's rounding of the gradient."""
     wide = [p.to(torch.float64) for p in params]
     return unit_directions(input_gradients(wide, x.to(torch.float64), y), norm)
+
+
+def lookahead_directions(params, x: torch.Tensor, y: torch.Tensor, norm: str) -> torch.Tensor:
+    """The lookahead (gradient-matching) attack's directions [N, n, D] float64: for run n with
+    parameters θ_n, u_n = −∇_θ L(θ_n) with L the mean clean training loss (the attacker's
+    objective: the training split only), and point i's direction is the unit l_p direction of
+    ∇_x ⟨∇_θ ℓ_i(x; θ_n), u_n⟩ at its clean input, the first-order move that turns the point's
+    parameter gradient towards u_n. An SGD step on such points then descends along u_n less and
+    ascends L: the batch gradient opposes the objective's. Double backward through the stacked
+    forward, in float64, batched over the runs."""
+    wide = [p.detach().to(torch.float64).requires_grad_(True) for p in params]
+    x64 = x.to(torch.float64)
+    n_runs, n = wide[0].shape[0], x64.shape[0]
+    labels = y.repeat(n_runs)
+    logits, _ = forward(wide, x64)
+    objective = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="sum") / n
+    u = [-g for g in torch.autograd.grad(objective, wide)]  # runs are independent: run n's gradient in slice n
+    points = x64.expand(n_runs, -1, -1).clone().requires_grad_(True)
+    logits, _ = forward(wide, points)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="sum")
+    grads = torch.autograd.grad(loss, wide, create_graph=True)
+    alignment = sum((g * v).sum() for g, v in zip(grads, u))  # sum over n, i of <grad_theta l_ni, u_n>
+    (g_x,) = torch.autograd.grad(alignment, points)  # point (n, i) enters term (n, i) only
+    return unit_directions(g_x.detach(), norm)
+
+
+RUN_AWARE_DIRECTIONS = {"adaptive": adaptive_directions, "lookahead": lookahead_directions}
+"""The directions of each run-aware attack, ``(params, x, y, norm) -> [N, n, D]``, recomputed by
+the engine at the start of every recorded interval."""
 
 
 def gradient_directions(config: SampleConfig, data: Dataset) -> np.ndarray:

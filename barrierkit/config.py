@@ -24,12 +24,16 @@ SUBSET_RULES = {
               "different, stronger threat model than the random subset",
 }
 """Which training points are poisoned (the subset rule a certificate names)."""
-ATTACKS = ("uniform", "sign", "gradient", "adaptive", "unrolled", "unrolled_test")
+ATTACKS = ("uniform", "sign", "gradient", "adaptive", "lookahead", "unrolled", "unrolled_test")
 ATTACK_DESCRIPTIONS = {
     "adaptive": "δ times the sign (ℓ∞) or unit direction (ℓ2) of the input gradient of the point's loss under the run's "
                 "own current model, recomputed for every training point at the start of each recorded interval (every "
                 "record_every steps): an attacker that watches the run it poisons (the poisoned data is fixed within "
                 "an interval)",
+    "lookahead": "δ times the sign (ℓ∞) or unit direction (ℓ2) of the input gradient of the alignment between the "
+                 "point's parameter gradient and the negative gradient of the run's current clean training loss, "
+                 "recomputed at the start of each recorded interval: gradient matching, so that SGD steps on the "
+                 "poisoned points raise the loss the attacker watches (it sees the training split only)",
     "gradient": "δ times the sign (ℓ∞) or unit direction (ℓ2) of one clean reference model's input gradient "
                 "of the point's loss, computed once before training: a fixed, one-shot direction that does not adapt "
                 "to the run being poisoned",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .environment import physical_memory_bytes, versions
-from .attacks import adaptive_directions, chosen_subset, gradient_directions
+from .attacks import RUN_AWARE_DIRECTIONS, chosen_subset, gradient_directions
 from .unrolled import UNROLLED_ATTACKS, table_directions
 from .backends import Backend, StepProblem, TrainState, resolve, torch_dtype
 from .config import SEED_LIMIT, ConfigError, SampleConfig, check_delta
@@ -42,10 +42,12 @@ def bytes_per_trajectory(config: SampleConfig, data: Dataset) -> int:
     poison_tmp = b * data.input_dim * 8 * 12  # float64 rows, int64 Philox words and masks
     # evaluation sets are shared by all trajectories: only the layers after the input are per run
     evaluation = max(config.features.probe_size, data.x_test.shape[0]) * sum(shape.widths[1:]) * 8 * 3
-    adaptive = 0
+    run_aware = 0
     if config.attack.kind == "adaptive":  # each run's directions, input gradients and activations on all points
-        adaptive = data.x_train.shape[0] * (data.input_dim * 8 * 3 + sum(shape.widths[1:]) * 8 * 3)
-    return d * (item * 4 + 8 * 2) + activations + poison_tmp + evaluation + adaptive
+        run_aware = data.x_train.shape[0] * (data.input_dim * 8 * 3 + sum(shape.widths[1:]) * 8 * 3)
+    elif config.attack.kind == "lookahead":  # a per-run copy of the inputs and a double-backward graph over them
+        run_aware = data.x_train.shape[0] * (data.input_dim * 8 * 6 + sum(shape.widths[1:]) * 8 * 10)
+    return d * (item * 4 + 8 * 2) + activations + poison_tmp + evaluation + run_aware
 
 
 CPU_MEMORY_BUDGET_MB = 2048.0
@@ -129,7 +131,7 @@ def sample(
     poisoning = delta > 0 and config.threat.rho > 0
     directions = None
     t_start = time.perf_counter()
-    adaptive = poisoning and config.attack.kind == "adaptive"
+    aim = RUN_AWARE_DIRECTIONS.get(config.attack.kind) if poisoning else None
     if poisoning and config.attack.kind == "gradient":
         directions = torch.as_tensor(gradient_directions(config, data), device=device)
     elif poisoning and config.attack.kind in UNROLLED_ATTACKS:
@@ -169,8 +171,8 @@ def sample(
             state = TrainState(params)
             for k in range(1, K + 1):
                 tic = time.perf_counter()
-                if adaptive:  # the attacker re-aims every point at the run's current model (counted as training)
-                    problem.poison.directions = adaptive_directions(state.params, x_train, y_train, config.threat.norm)
+                if aim is not None:  # the attacker re-aims every point at the run's current model (counted as training)
+                    problem.poison.directions = aim(state.params, x_train, y_train, config.threat.norm)
                 reason = backend.train_segment(state, problem, (k - 1) * r, k * r)
                 if reason is not None:
                     fallbacks.add(reason)

@@ -19,7 +19,8 @@ Perturbation draws (element e of point i, D input dimensions):
   sign_noise, else +1.
 - adaptive: delta * direction_{n,i}, the unit (l_p) direction of run n's own current model's
   input gradient of point i's loss; the engine recomputes the directions at the start of every
-  recorded interval (barrierkit.attacks.adaptive_directions), so no draw is involved.
+  recorded interval (barrierkit.attacks.adaptive_directions), so no draw is involved. The
+  lookahead attack is drawn the same way from its own directions (lookahead_directions).
 Everything is computed in float64 and the poisoned input is rounded to the training dtype once.
 """
 from __future__ import annotations
@@ -38,10 +39,18 @@ TABLE_ATTACKS = ("gradient", "unrolled", "unrolled_test")
 """Sampling attacks that give every training point one fixed perturbation direction (a table)."""
 
 
+RUN_AWARE_ATTACKS = ("adaptive", "lookahead")
+"""Sampling attacks whose directions follow each run's current model (recomputed by the engine every
+recorded interval, on the torch reference only)."""
+
+
 def spec_kind(attack: str) -> str:
     """The PoisonSpec kind that draws a sampling attack: a table attack is drawn as ``gradient``
-    (delta times its table's row), the others as themselves."""
-    return "gradient" if attack in TABLE_ATTACKS else attack
+    (delta times its table's row), a run-aware one as ``adaptive`` (delta times its run's row),
+    the others as themselves."""
+    if attack in TABLE_ATTACKS:
+        return "gradient"
+    return "adaptive" if attack in RUN_AWARE_ATTACKS else attack
 
 
 @dataclass

@@ -271,7 +271,7 @@ def test_chosen_subset_falls_back_to_torch_ref():
     assert not torch.equal(random_ref.params[0], ref.params[0]), "the chosen points are not the random subset"
 
 
-@pytest.mark.parametrize("kind", ["uniform", "sign", "gradient", "adaptive"])
+@pytest.mark.parametrize("kind", ["uniform", "sign", "gradient", "adaptive", "lookahead"])
 @pytest.mark.parametrize("norm", ["inf", "2"])
 def test_the_record_says_what_the_kernel_runs(kind, norm):
     """The backend record's native attacks are exactly those the fused kernel takes."""

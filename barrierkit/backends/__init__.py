@@ -72,7 +72,7 @@ def resolve(name: str | Backend = "auto", device: torch.device | str = "cpu", dt
     ``attack`` (None: any), checked against its capabilities (a ConfigError naming ``backend``
     says why not). ``auto`` decides here: on CUDA triton for float32 training, on the CPU
     :func:`cpu_default`, and the torch reference where that choice cannot train the recipe or
-    would hand the attack to the reference anyway (float64 on CUDA, the adaptive attack). A
+    would hand the attack to the reference anyway (float64 on CUDA, the run-aware attacks). A
     record passes through, checked the same way."""
     device = torch.device(device)
     if isinstance(name, Backend):

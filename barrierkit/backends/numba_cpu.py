@@ -40,7 +40,7 @@ import scipy.linalg.cython_blas  # noqa: F401  the BLAS numba's np.dot calls: lo
 import torch
 from numba import njit, prange
 
-from ..poison import PoisonSpec, poison_batch
+from ..poison import RUN_AWARE_ATTACKS, PoisonSpec, poison_batch
 from ..rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1, PHILOX_ROUNDS, Stream
 from ..config import ATTACKS, NORMS
 from ..features import FeatureMap
@@ -421,8 +421,8 @@ def train_segment(state: TrainState, problem: StepProblem, t0: int, t1: int) -> 
 BACKEND = Backend(
     name=NAME, precision="ieee", train_segment=train_segment, feature_map=FeatureMap,
     capabilities=Capabilities(devices=frozenset({"cpu"}), dtypes=frozenset({"float32", "float64"}),
-                              attacks=frozenset(ATTACKS) - {"adaptive"},
-                              native_attacks=frozenset((k, n) for k in ATTACKS if k != "adaptive" for n in NORMS)),
+                              attacks=frozenset(ATTACKS) - set(RUN_AWARE_ATTACKS),
+                              native_attacks=frozenset((k, n) for k in ATTACKS if k not in RUN_AWARE_ATTACKS for n in NORMS)),
     summary="the CPU fast path: one numba kernel per segment, parallel over trajectories",
 )
 

@@ -40,10 +40,11 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from ..config import ConfigError, FeatureSpec
+from ..config import NORMS, ConfigError, FeatureSpec
 from ..data import Dataset
 from ..features import FeatureMap
 from ..models import MLPShape
+from ..poison import RUN_AWARE_ATTACKS
 from . import torch_ref
 from .base import ALL_ATTACKS, Backend, Capabilities, StepProblem, TrainState
 
@@ -168,7 +169,7 @@ def backend(input_precision: str = DEFAULT_PRECISION, **tuning) -> Backend:
         name=name, precision=input_precision, train_segment=make_train_segment(input_precision, **settings),
         feature_map=FusedFeatureMap,
         capabilities=Capabilities(devices=frozenset({"cuda"}), dtypes=frozenset({"float32"}),
-                                  native_attacks=ALL_ATTACKS - {("uniform", "2"), ("adaptive", "inf"), ("adaptive", "2")},
+                                  native_attacks=ALL_ATTACKS - {("uniform", "2")} - {(k, n) for k in RUN_AWARE_ATTACKS for n in NORMS},
                                   cpu_needs_interpreter=True),
         summary=f"the fused Triton kernel per trajectory ({input_precision} dots), fp32 training",
         tuning={"data_dtype": "float32", "param_dtype": "float32", **settings},
