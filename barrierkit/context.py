@@ -27,14 +27,29 @@ def pairwise_distances(a: np.ndarray, b: np.ndarray, norm: str) -> np.ndarray:
     return cdist(a, b, metric="cityblock" if norm == "1" else "euclidean")
 
 
-def nearest_other_class_distances(x: np.ndarray, y: np.ndarray, norm: str, chunk: int = 512) -> np.ndarray:
-    """For every point, the l_p distance to its nearest point with a different label."""
-    out = np.empty(len(x))
-    for lo in range(0, len(x), chunk):
-        d = pairwise_distances(x[lo:lo + chunk], x, norm)
-        d[y[lo:lo + chunk, None] == y[None, :]] = np.inf
+def nearest_other_class_distances(x: np.ndarray, y: np.ndarray, norm: str, chunk: int = 512,
+                                  queries: Optional[np.ndarray] = None) -> np.ndarray:
+    """For every point of ``queries`` (default: all), the l_p distance to its nearest point of
+    ``x`` with a different label."""
+    queries = np.arange(len(x)) if queries is None else queries
+    out = np.empty(len(queries))
+    for lo in range(0, len(queries), chunk):
+        rows = queries[lo:lo + chunk]
+        d = pairwise_distances(x[rows], x, norm)
+        d[y[rows, None] == y[None, :]] = np.inf
         out[lo:lo + chunk] = d.min(axis=1)
     return out
+
+
+MAX_QUERY_POINTS = 2000
+"""The median is taken over at most this many training points (every ⌈n / 2000⌉-th), each against
+all n points: the pairwise cost grows as n², and the median of a regular subsample is as good a
+scale (at n = 60,000 the full computation would take most of an hour on two cores)."""
+
+
+def query_points(n: int) -> np.ndarray:
+    """The indices whose nearest-other-class distances give the median: all when n <= 2000."""
+    return np.arange(0, n, -(-n // MAX_QUERY_POINTS))
 
 
 def radius_ratio(radius: float, median_distance: float) -> Optional[float]:
@@ -44,7 +59,7 @@ def radius_ratio(radius: float, median_distance: float) -> Optional[float]:
 
 def radius_context(radius: float, norm: str, x: np.ndarray, y: np.ndarray) -> Dict[str, object]:
     """The radius relative to the data's nearest-other-class distances."""
-    median = float(np.median(nearest_other_class_distances(x, y, norm)))
+    median = float(np.median(nearest_other_class_distances(x, y, norm, queries=query_points(len(x)))))
     return {
         "norm": norm, "radius": radius, "input_dim": int(x.shape[1]),
         "median_nearest_other_class_distance": median,

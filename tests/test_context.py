@@ -29,3 +29,15 @@ def test_nearest_other_class_ignores_the_own_class_and_chunks_invisibly():
     rng = np.random.default_rng(1)
     x, y = rng.random((50, 6)), rng.integers(0, 3, 50)
     assert np.array_equal(nearest_other_class_distances(x, y, "2", chunk=7), nearest_other_class_distances(x, y, "2"))
+
+
+def test_the_median_uses_a_regular_subsample_of_large_sets_only():
+    from barrierkit.context import query_points
+
+    assert query_points(1437).tolist() == list(range(1437)), "small sets: every point, as before"
+    big = query_points(6001)
+    assert len(big) <= 2000 and big[0] == 0 and np.all(np.diff(big) == 4)
+    rng = np.random.default_rng(2)
+    x, y = rng.random((30, 4)), rng.integers(0, 2, 30)
+    rows = np.array([3, 17, 29])
+    assert np.array_equal(nearest_other_class_distances(x, y, "inf", queries=rows), nearest_other_class_distances(x, y, "inf")[rows])
