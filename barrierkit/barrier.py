@@ -9,14 +9,14 @@ and levels gamma0, c0, by minimising hinge losses for the barrier conditions wit
 * (C2) B(u) >= gamma + 1                        on pool rows and terminal states of unsafe runs,
 * (C4) K c <= 1 - kappa                         enforced by construction (see below).
 
-Each row group's hinge loss (C1, C3, C2 on the pool, C2 on unsafe terminal states) is averaged
-over its own rows and the averages are summed, so the N*K increment rows do not drown out the pool
-and a large pool does not drown out the few unsafe runs of the training split (an unsafe run must
-violate some condition; this weighting makes it mark its terminal state unsafe, which is what
-teaches psi where the unsafe set lies, rather than pass as safe). C3 is measured in horizon units,
-relu(K * (dB - c) + margin): an increment is paid K times along a run, so a full ``margin`` per
-step would force B to fall by K*margin along every run, and unscaled increments (~1/K) would give
-C3 a K-times weaker gradient than C1/C2 (it then converges far more slowly). C4 needs no penalty:
+Each row group's hinge loss (C1, C3, C2 on the pool, C2 on unsafe terminal states when the caller
+labels any) is averaged over its own rows and the averages are summed, so the N*K increment rows do
+not drown out the pool and a large pool does not drown out a few labelled unsafe runs. C3 is
+measured in horizon units, relu(K * (dB - c) + margin), which gives it the gradient scale of C1 and
+C2 (unscaled increments are ~1/K and converge far more slowly); it asks every increment for
+dB <= c - margin/K. The default margin (2) exceeds K*c_max = 1 - kappa, so the fit asks B to *fall*
+by at least margin/K - c along every training run: a Lyapunov-like trunk, whose increments on
+fresh runs stay below c with room to spare (docs/METHOD.md §5). C4 needs no penalty:
 c = c_max * (1 - softplus(r)) with c_max the largest float64 such that K * c_max <= 1 - kappa, so
 K*c <= 1 - kappa holds exactly for every r.
 

@@ -29,10 +29,12 @@ if TYPE_CHECKING:  # assemble's imports are made when it runs: reading a certifi
     from .config import CertifyConfig
     from .data import Dataset
 
-FORMAT = "barrierkit.certificate/3"
+FORMAT = "barrierkit.certificate/4"
 OLD_FORMATS = {
     "barrierkit.certificate/1": "written before safety labels were exact (its ties may be mislabelled)",
     "barrierkit.certificate/2": "written before the unsafe pool's rule (pool_states) and the empirical radii were recorded",
+    "barrierkit.certificate/3": "whose barriers were fitted with the training split's unsafe runs as C2 rows, which "
+                                "this version's replay would not fit again",
 }
 """Formats this version refuses, and why each cannot be read as today's."""
 STATUSES = ("CERTIFIED", "REFUTED", "INCONCLUSIVE")

@@ -29,7 +29,7 @@ import numpy as np
 
 from .api import sample_pool
 from .backends import resolve, resolve_device
-from .barrier import Barrier, fit_barrier
+from .barrier import Barrier
 from .config import CertifyConfig
 from .context import radius_context
 from .data import get_dataset
@@ -38,7 +38,7 @@ from .engine import clean_runs, sample
 from .environment import versions
 from .labels import SafetyRule
 from .outcomes import solved_status
-from .probe import Certification, scenario_rows
+from .probe import Certification, fit_probe_barrier, scenario_rows
 from .rng import Purpose, probe_purpose, trajectory_seeds
 from .scenario import ScenarioProblem, recheck, solve
 from .trajectories import Trajectories
@@ -184,7 +184,7 @@ def _replay_program(tag: str, p: Dict[str, Any], ctx: Certification, runs: Dict[
         raise _Mismatch(f"{tag}: the replayed unsafe pool holds {len(pool)} states, the certificate says {p['pool_size']}")
     if strict:
         train = runs["train"]
-        refit = fit_barrier(train.features, rule.unsafe(train.test_hits), pool, cfg.barrier).to_dict()
+        refit = fit_probe_barrier(train, pool, cfg).to_dict()
         if refit != p["barrier"]["trunk"]:
             raise _Mismatch(f"{tag}: the barrier fitted again on the replayed training split is not the stored one "
                             "(the stored barrier was not fitted on this probe's training split)")

@@ -1,4 +1,5 @@
 """Certification end to end: planted cases, witnesses, the certificate document and the CLI."""
+import dataclasses
 import json
 import math
 import os
@@ -109,6 +110,32 @@ def test_probe_downgrades_a_contradicted_certificate(planted_context, monkeypatc
     record = run_probe(planted_context, 0.01, 0)
     assert record["status"] == "INCONCLUSIVE" and "contradict" in record["reason"]
     assert record["train_consistency"]["contradicts"] and record["eta_check"] < -record["tau"]
+
+
+def test_the_probe_fits_its_barrier_without_the_training_splits_unsafe_runs(planted_context):
+    """A training run that ends barely unsafe is not a C2 row of the probe's fit (docs/METHOD.md
+    §11.4): the stored trunk is the one fitted with every training label safe, not the one that
+    pushes that run above λ."""
+    from barrierkit.barrier import fit_barrier
+    from barrierkit.rng import probe_purpose
+
+    ctx, delta = planted_context, 0.01
+    config = dataclasses.replace(ctx.config, n_verify=20)  # few verification runs: the worst run is soon a training run
+    for index in range(12):  # the first such probe (found by search: hit counts may differ by CPU kind)
+        train = ctx.sample(delta, probe_purpose(index, "train"), config.n_train, "train")
+        verify = ctx.sample(delta, probe_purpose(index, "verify"), config.n_verify, "verify")
+        if train.test_hits.min() < verify.test_hits.min():
+            break
+    else:
+        pytest.fail("no probe among the first 12 has its worst run in the training split")
+    rule = SafetyRule(2 * (int(train.test_hits.min()) + 1), train.test_size, 0.0)  # unsafe: exactly those worst runs
+    probe = Certification(config, ctx.data, rule, pool=list(ctx.pool), progress=False)
+    record = run_probe(probe, delta, index)
+    assert record["n_unsafe_train"] >= 1 and record["n_unsafe_verify"] == 0 and record["barrier"] is not None
+    pool = probe.pool_above(delta)
+    blind = fit_barrier(train.features, np.zeros(train.n, dtype=bool), pool, config.barrier).to_dict()
+    labelled = fit_barrier(train.features, rule.unsafe(train.test_hits), pool, config.barrier).to_dict()
+    assert record["barrier"]["trunk"] == blind and blind != labelled
 
 
 def test_destructive_budget_is_refuted_with_a_replayable_witness(digits):
