@@ -191,6 +191,42 @@ class ThreatModel:
         object.__setattr__(self, "domain", (float(lo), float(hi)))
 
 
+EVASION_ATTACKS = {
+    "random": "one point drawn uniformly from the ball per perturbed test point (a sampling attack)",
+    "pgd": "projected gradient ascent on the point's loss from the clean point and `restarts` random starts; a point "
+           "counts as flipped when any iterate is misclassified",
+    "ibp": "interval bound propagation: a perturbed point counts as flipped unless the bound proves that no point of "
+           "its ball changes the prediction (worst case over every test-time attack)",
+}
+PGD_LOSSES = ("ce", "margin")
+
+
+@dataclass(frozen=True)
+class EvasionThreat:
+    """Test-time evasion: after training, each test point is perturbed with probability ``rho``
+    within ||Delta'||_p <= delta' (the budget is the search variable, not a setting) and clipped
+    to the threat's domain; ``attack`` judges the perturbed points (:data:`EVASION_ATTACKS`)."""
+
+    attack: str = setting("pgd", "test-time attack: " + "; ".join(f"{name}: {text}" for name, text in EVASION_ATTACKS.items()))
+    norm: str = setting("inf", "test-time perturbation norm: inf or 2")
+    rho: float = setting(0.5, "probability that a test point is perturbed, in [0, 1]")
+    steps: int = setting(20, "PGD steps per start")
+    step_size: float = setting(0.25, "PGD step length as a fraction of the budget δ'")
+    restarts: int = setting(0, "PGD random starts beside the clean point")
+    loss: str = setting("margin", "PGD ascends this loss of the point: margin (max other logit − true logit) or ce")
+
+    def __post_init__(self) -> None:
+        _plain(self)
+        object.__setattr__(self, "norm", _norm_name(self.norm))
+        _check(self.attack in EVASION_ATTACKS, "attack", f"must be one of {tuple(EVASION_ATTACKS)}, got {self.attack!r}")
+        _check(self.norm in NORMS, "norm", f"must be one of {NORMS}, got {self.norm!r}")
+        _check(_finite(self.rho) and 0.0 <= self.rho <= 1.0, "rho", f"must be in [0, 1], got {self.rho!r}")
+        _check(_positive_int(self.steps), "steps", f"must be an integer >= 1, got {self.steps!r}")
+        _check(_finite(self.step_size) and self.step_size > 0, "step_size", f"must be a finite number > 0, got {self.step_size!r}")
+        _check(_int(self.restarts) and self.restarts >= 0, "restarts", f"must be an integer >= 0, got {self.restarts!r}")
+        _check(self.loss in PGD_LOSSES, "loss", f"must be one of {PGD_LOSSES}, got {self.loss!r}")
+
+
 @dataclass(frozen=True)
 class SamplingAttack:
     """The distribution A_delta the perturbations are drawn from; every guarantee names it

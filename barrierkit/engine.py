@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from typing import Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
@@ -109,13 +109,16 @@ def sample(
     chunk: Optional[int] = None,
     progress: Optional[bool] = None,
     description: str = "sampling",
+    terminal: Optional[Callable[[int, int, List[torch.Tensor]], None]] = None,
 ) -> Trajectories:
     """Run one training trajectory per row of ``seeds`` at budget ``delta``; record phi and g.
 
     ``backend`` is a record from :func:`barrierkit.backends.resolve` or a name resolved here
     (default: the torch reference on the CPU, the engine's slow readable path; ``certify`` and
     ``replay`` default to ``auto``); the steps it handed to the torch reference are listed in the
-    result's ``meta["fallbacks"]``."""
+    result's ``meta["fallbacks"]``. ``terminal(lo, hi, params)``, when given, is called once per
+    chunk with the trained parameters of runs lo..hi-1 (measurements that need theta(T) itself,
+    such as the test-time attacks of :mod:`barrierkit.evasion`); it must not modify them."""
     delta = check_delta(delta)
     seeds = _validate_seeds(seeds)
     check_memory(config, seeds.shape[0])
@@ -184,6 +187,8 @@ def sample(
             tic = time.perf_counter()
             test_acc[lo:hi] = fmap.accuracy(state.params, x_test, y_test).cpu().numpy()
             timings["eval_s"] += time.perf_counter() - tic
+            if terminal is not None:
+                terminal(lo, hi, state.params)
     finally:
         bar.close()
     timings["total_s"] = time.perf_counter() - t_start

@@ -45,6 +45,8 @@ class Stream(enum.IntEnum):
     PROBE = 8
     DATA = 9
     TEST_UNIFORM = 10
+    TEST_SUBSET = 11  # which test points a run's evasion attacker perturbs
+    TEST_DELTA = 12  # the evasion attack's random draws (uniform in the ball, PGD's random starts)
 
 
 class Purpose(enum.IntEnum):
