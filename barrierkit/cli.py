@@ -65,10 +65,10 @@ def say(text: str) -> None:
 
 # ------------------------------------------------------------------ options from the configuration
 
-FLAG_NAMES = {"attack.kind": "--attack", "features.seed": "--feature-seed", "memory_budget_mb": "--memory-mb"}
+FLAG_NAMES = {"threat_kind": "--threat", "attack.kind": "--attack", "features.seed": "--feature-seed", "memory_budget_mb": "--memory-mb"}
 """Options not named after their field (a sampling setting's key is taken relative to the
 SampleConfig). Every other option is its field's name with dashes; a barrier setting's has the
-prefix ``barrier-``."""
+prefix ``barrier-``, an evasion setting's ``evasion-``."""
 
 SET_BY_OTHERS = {"barrier.kappa": "kappa"}
 """Settings without an option of their own: --kappa sets the barrier's kappa too (they must agree)."""
@@ -79,6 +79,7 @@ PARSERS: Dict[str, Callable[[str], Any]] = {"solver": str.upper}
 DATA = "sampling: data, model and execution"
 RECIPE = "training recipe (the dynamics)"
 THREAT = "threat model and sampling attack"
+EVASION = "evasion: the test-time attack (--threat evasion)"
 FEATURES = "features φ (what is recorded of each run)"
 BARRIER = "barrier fit"
 PAC = "certification (PAC)"
@@ -87,8 +88,9 @@ SEARCH = "search over the budget δ"
 EMPIRICAL = "empirical radius δ_emp (stronger attacks beside the certificate)"
 CONFIG_FILE = "configuration file"
 LOGGING = "output and logging"
-GROUP_ORDER = (CONFIG_FILE, DATA, RECIPE, THREAT, FEATURES, BARRIER, PAC, SCENARIO, SEARCH, EMPIRICAL, LOGGING)
-SECTION_GROUPS = {"model": DATA, "recipe": RECIPE, "threat": THREAT, "attack": THREAT, "features": FEATURES,
+GROUP_ORDER = (CONFIG_FILE, DATA, RECIPE, THREAT, EVASION, FEATURES, BARRIER, PAC, SCENARIO, SEARCH, EMPIRICAL, LOGGING)
+SECTION_GROUPS = {"model": DATA, "recipe": RECIPE, "threat_kind": THREAT, "threat": THREAT, "attack": THREAT,
+                  "evasion": EVASION, "features": FEATURES,
                   "barrier": BARRIER, "dataset": DATA, "memory_budget_mb": DATA, "seed": DATA,
                   "alpha": PAC, "epsilon": PAC, "beta": PAC, "n_verify": PAC, "n_train": PAC, "n_clean": PAC,
                   "n_pool": PAC, "pool_delta": PAC, "pool_rho": PAC, "pool_states": PAC, "kappa": SCENARIO, "tau": SCENARIO,
@@ -112,7 +114,8 @@ def flag_name(setting: Setting) -> str:
     key = relative_key(setting)
     if key in FLAG_NAMES:
         return FLAG_NAMES[key]
-    prefix = "barrier-" if setting.path[0] == "barrier" else ""
+    table = key.split(".")[0] if "." in key else ""
+    prefix = {"barrier": "barrier-", "evasion": "evasion-"}.get(table, "")
     return "--" + prefix + setting.path[-1].replace("_", "-")
 
 
@@ -271,14 +274,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .engine import check_memory, clean_runs, sample
     from .rng import Purpose, trajectory_seeds
     from .io import json_bytes, write_together
-    from .labels import SafetyRule, chance_hits
+    from .labels import SafetyRule, chance_hits, evasion_unsafe
 
     config = config_from_args(args, SampleConfig)
     if args.dump_config:
         say(dump_config(config).rstrip("\n"))
         return EXIT_OK
+    evading = config.threat_kind == "evasion"
     if args.delta is None:
-        raise CliError("delta: --delta is required (the poisoning budget: ||Delta||_p <= delta)")
+        raise CliError("delta: --delta is required (the budget: ||Delta||_p <= delta on poisoned training points, or on "
+                       "perturbed test points with --threat evasion)")
     check_count(args.n, "n")
     if not isinstance(args.n_clean, int) or args.n_clean < 0:
         raise ConfigError("n_clean", f"must be an int >= 0, got {args.n_clean!r}")
@@ -301,7 +306,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "meta": runs.meta,
         }
         chance = chance_hits(data.y_test)
-        if args.n_clean:
+        if evading:  # each run against its own clean accuracy: no clean runs needed
+            unsafe = evasion_unsafe(runs.reference_hits, runs.test_hits, runs.test_size, args.alpha)
+            summary.update({"alpha": args.alpha, "reference_hits": _quantiles(runs.reference_hits),
+                            "n_unsafe": int(unsafe.sum()), "unsafe_fraction": float(unsafe.mean()),
+                            "accuracy_drop": _quantiles((runs.reference_hits - runs.test_hits) / runs.test_size)})
+        elif args.n_clean:
             clean = clean_runs(config, args.n_clean, args.seed, **kw)
             rule = SafetyRule.from_clean_hits(clean.test_hits, clean.test_size, args.alpha)
             unsafe = rule.unsafe(runs.test_hits)
@@ -314,9 +324,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
             log.warning("the runs' median test accuracy %.4f is no better than always predicting the majority class "
                         "(%.4f): the recipe does not learn", float(np.median(runs.test_accuracy)), chance / runs.test_size)
         write_together([(outputs[0][1], runs.write_to), (outputs[1][1], lambda fh: fh.write(json_bytes(summary)))])
-    say(f"{runs.n} trajectories at delta={runs.delta:g}: median test accuracy {np.median(runs.test_accuracy):.4f}, "
+    say(f"{runs.n} trajectories at delta={runs.delta:g}: median {'attacked ' if evading else ''}test accuracy "
+        f"{np.median(runs.test_accuracy):.4f}, "
         f"{summary['meta']['timings']['trajectory_steps_per_s']:.0f} trajectory-steps/s")
-    if args.n_clean:
+    if evading:
+        say(f"evasion ({config.evasion.attack}, rho' = {config.evasion.rho:g}): unsafe (G' = own clean − attacked accuracy "
+            f"> {args.alpha:g}, exact on hit counts): {summary['n_unsafe']} of {runs.n} ({summary['unsafe_fraction']:.1%})")
+    elif args.n_clean:
         say(f"g_c = {summary['g_clean']:.4f}; unsafe (G > {args.alpha:g}, exact on hit counts): "
             f"{summary['n_unsafe']} of {runs.n} ({summary['unsafe_fraction']:.1%})")
     say(f"wrote {args.out} and {summary_path}")
@@ -517,7 +531,7 @@ def sampling_groups(p: argparse.ArgumentParser, own: str) -> Dict[str, argparse.
     """The option groups of a command that samples runs of a SampleConfig (sample, attack): its
     ``own`` group first (with --alpha, meaning what certify's does), then the configuration file,
     every sampling setting, --seed, --backend and --device; logging options are the caller's."""
-    groups = option_groups(p, (own,) + tuple(t for t in GROUP_ORDER if t in (CONFIG_FILE, DATA, RECIPE, THREAT, FEATURES, LOGGING)))
+    groups = option_groups(p, (own,) + tuple(t for t in GROUP_ORDER if t in (CONFIG_FILE, DATA, RECIPE, THREAT, EVASION, FEATURES, LOGGING)))
     add_field_option(groups[own], CertifyConfig, "alpha")
     add_field_option(groups[DATA], CertifyConfig, "seed")
     add_config_file_options(groups, SampleConfig)

@@ -150,6 +150,9 @@ def attack_strength(config: SampleConfig, attacks: Sequence[str], deltas: Sequen
     from .engine import check_memory, clean_runs
     from .labels import SafetyRule
 
+    if config.threat_kind != "poisoning":
+        raise ConfigError("threat_kind", "the attack measurement covers poisoning attacks only (python -m bench.evasion "
+                                         "measures the test-time ones)")
     attacks = check_attacks(attacks)
     deltas = sorted({check_delta(d) for d in deltas})
     if not deltas or deltas[0] <= 0:

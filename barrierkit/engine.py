@@ -22,6 +22,7 @@ from .unrolled import UNROLLED_ATTACKS, table_directions
 from .backends import Backend, StepProblem, TrainState, resolve, torch_dtype
 from .config import SEED_LIMIT, ConfigError, SampleConfig, check_delta
 from .data import Dataset, get_dataset
+from .evasion import evaluate
 from .features import feature_names
 from .labels import hits_from_accuracy, name_runs
 from .models import MLPShape, flatten, init_params
@@ -113,6 +114,10 @@ def sample(
 ) -> Trajectories:
     """Run one training trajectory per row of ``seeds`` at budget ``delta``; record phi and g.
 
+    Under ``threat_kind = "evasion"`` training is clean, ``delta`` is the test-time budget of
+    ``config.evasion``, ``test_hits`` counts the attacked test set and ``reference_hits`` each
+    run's own clean count (both float64, :func:`barrierkit.evasion.evaluate`).
+
     ``backend`` is a record from :func:`barrierkit.backends.resolve` or a name resolved here
     (default: the torch reference on the CPU, the engine's slow readable path; ``certify`` and
     ``replay`` default to ``auto``); the steps it handed to the torch reference are listed in the
@@ -131,14 +136,19 @@ def sample(
     recipe = config.recipe
     dtype = torch_dtype(recipe.dtype)
     shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
-    poisoning = delta > 0 and config.threat.rho > 0
+    evading = config.threat_kind == "evasion"  # delta is the test-time budget; training is clean
+    train_delta = 0.0 if evading else delta
+    if evading and not (data.x_test.min() >= config.threat.domain[0] and data.x_test.max() <= config.threat.domain[1]):
+        raise ConfigError("domain", f"{data.name}'s test points lie outside the threat's domain {config.threat.domain}: "
+                                    "the test-time attacks perturb points inside it")
+    poisoning = train_delta > 0 and config.threat.rho > 0
     directions = None
     t_start = time.perf_counter()
     aim = RUN_AWARE_DIRECTIONS.get(config.attack.kind) if poisoning else None
     if poisoning and config.attack.kind == "gradient":
         directions = torch.as_tensor(gradient_directions(config, data), device=device)
     elif poisoning and config.attack.kind in UNROLLED_ATTACKS:
-        directions = torch.as_tensor(table_directions(config, data, delta), device=device)
+        directions = torch.as_tensor(table_directions(config, data, train_delta), device=device)
     chosen = (torch.as_tensor(chosen_subset(config, data), device=device)
               if poisoning and config.threat.subset == "chosen" else None)
     t_reference = time.perf_counter() - t_start
@@ -151,6 +161,7 @@ def sample(
     K, r = recipe.intervals, recipe.record_every
     features = np.empty((n, K + 1, fmap.dim), dtype=np.float64)
     test_acc = np.empty(n, dtype=np.float64)
+    evasion_hits = np.empty((2, n), dtype=np.int64) if evading else None  # own clean, attacked
     fraction = np.zeros(n, dtype=np.float64)
     size = chunk or chunk_size(config, data, n, device)
     timings = {"reference_s": t_reference, "train_s": 0.0, "features_s": 0.0, "eval_s": 0.0}
@@ -169,8 +180,9 @@ def sample(
             theta0 = flatten(params).to(torch.float64)
             features[lo:hi, 0] = fmap(params, theta0).cpu().numpy()
             timings["features_s"] += time.perf_counter() - tic
-            problem = StepProblem.from_config(config, x_train, y_train, s, delta, directions, chosen)
-            fraction[lo:hi] = problem.poison.point_mask.to(torch.float64).mean(dim=1).cpu().numpy()
+            problem = StepProblem.from_config(config, x_train, y_train, s, train_delta, directions, chosen)
+            if not evading:  # an evasion run poisons no training point
+                fraction[lo:hi] = problem.poison.point_mask.to(torch.float64).mean(dim=1).cpu().numpy()
             state = TrainState(params)
             for k in range(1, K + 1):
                 tic = time.perf_counter()
@@ -185,7 +197,11 @@ def sample(
                 timings["features_s"] += time.perf_counter() - tac
                 bar.update((hi - lo) * r)
             tic = time.perf_counter()
-            test_acc[lo:hi] = fmap.accuracy(state.params, x_test, y_test).cpu().numpy()
+            if evading:  # the runs' own clean and attacked counts, float64 (barrierkit.evasion)
+                counts = evaluate(state.params, x_test, y_test, s[:, 1], config.evasion, delta, config.threat.domain)
+                evasion_hits[:, lo:hi] = torch.stack(counts).cpu().numpy()
+            else:
+                test_acc[lo:hi] = fmap.accuracy(state.params, x_test, y_test).cpu().numpy()
             timings["eval_s"] += time.perf_counter() - tic
             if terminal is not None:
                 terminal(lo, hi, state.params)
@@ -196,7 +212,7 @@ def sample(
     bad = np.flatnonzero(~np.isfinite(features).all(axis=(1, 2)))
     if bad.size:
         raise FloatingPointError(f"runs {name_runs(bad)} of {n} diverged (non-finite features); lower the learning rate")
-    test_hits = hits_from_accuracy(test_acc, int(data.x_test.shape[0]))
+    test_hits = evasion_hits[1] if evading else hits_from_accuracy(test_acc, int(data.x_test.shape[0]))
     drift = float(features[:, :, -1].max())
     if drift > DIVERGING_DRIFT:
         log.warning("training diverges: parameters moved up to %.3g from their initial values (||theta - theta(0)||); "
@@ -210,7 +226,8 @@ def sample(
         "chunk": size, "timings": timings, "versions": versions(),
     }
     meta = json.loads(json.dumps(meta))  # exactly what a saved file loads back (lists, not tuples)
-    return Trajectories(features, test_hits, int(data.x_test.shape[0]), seeds, fraction, delta, meta)
+    return Trajectories(features, test_hits, int(data.x_test.shape[0]), seeds, fraction, delta, meta,
+                        reference_hits=evasion_hits[0] if evading else None)
 
 
 def clean_runs(config: SampleConfig, n_clean: int, master_seed: int, **kwargs) -> Trajectories:

@@ -28,7 +28,8 @@ from .models import MODEL_BLOCK, Params, forward, in_fixed_blocks
 from .rng import Stream, bits_torch, normal_pair_torch, uniform_from_bits_torch
 
 POINT_BLOCK = 128  # test points per block: every block has the same shape, whatever P
-PROOF_TOL = 1e-9  # a point is proven robust when its worst-case logit margin exceeds this (float64 rounding of the bound is ~1e-13)
+PROOF_TOL = 1e-9  # a point is proven robust when its worst-case logit margin exceeds this ...
+PROOF_RTOL = 1e-9  # ... after subtracting this much of the sizes of the two logits (float64 rounds each one separately)
 
 
 def as_float64(params: Params) -> Params:
@@ -47,13 +48,13 @@ def perturbed_points(seeds: torch.Tensor, n_test: int, rho: float) -> torch.Tens
 def uniform_in_ball(seeds: torch.Tensor, idx: torch.Tensor, dim: int, delta: float, norm: str, draw: int) -> torch.Tensor:
     """[N, B, dim] float64: a point drawn uniformly from the norm ball of radius ``delta``, for
     test points idx [N, B] of each run; ``draw`` numbers independent draws (restarts)."""
-    blocks = torch.arange((dim + 3) // 4, dtype=torch.int64, device=idx.device)
+    n_words = dim + dim % 2  # Box-Muller takes words in pairs: an odd dim draws one word more
+    blocks = torch.arange((n_words + 3) // 4, dtype=torch.int64, device=idx.device)
     words = bits_torch(seeds.view(-1, 1, 1), idx.unsqueeze(-1), blocks.view(1, 1, -1), Stream.TEST_DELTA, 2 * draw)
-    words = torch.stack(words, dim=-1).reshape(idx.shape[0], idx.shape[1], -1)[..., :dim]
+    words = torch.stack(words, dim=-1).reshape(idx.shape[0], idx.shape[1], -1)
     if norm == "inf":
-        return delta * (2.0 * uniform_from_bits_torch(words) - 1.0)
-    pad = dim % 2
-    w = torch.nn.functional.pad(words, (0, pad)) if pad else words
+        return delta * (2.0 * uniform_from_bits_torch(words[..., :dim]) - 1.0)
+    w = words[..., :n_words]
     z0, z1 = normal_pair_torch(w[..., 0::2], w[..., 1::2])
     z = torch.stack([z0, z1], dim=-1).reshape(*idx.shape, -1)[..., :dim]
     v = uniform_from_bits_torch(bits_torch(seeds.view(-1, 1), idx, 0, Stream.TEST_DELTA, 2 * draw + 1)[0])
@@ -187,27 +188,29 @@ def _affine_bounds(low: torch.Tensor, high: torch.Tensor, w: torch.Tensor, b: to
 
 
 def ibp_margin_bound(params: Params, x: torch.Tensor, y: torch.Tensor, delta: float, norm: str,
-                     domain: Tuple[float, float]) -> torch.Tensor:
+                     domain: Tuple[float, float], rtol: float = 0.0) -> torch.Tensor:
     """[N, B]: a lower bound, by interval bound propagation, on the logit margin
     z_y - max_{j != y} z_j over every point of the ball around x [B, D] within the domain. The last layer bounds the differences (W_y - W_j) a directly, which is
-    tighter than subtracting separate bounds on z_y and z_j; a single-layer model's bound is exact."""
+    tighter than subtracting separate bounds on z_y and z_j; a single-layer model's bound is exact.
+    ``rtol`` > 0 lowers each pair's bound by rtol times bounds on |z_y| + |z_j| (rounding slack)."""
     n_layers = len(params) // 2
     if n_layers == 1:
         if norm == "inf":
             low, high = _clipped_box(x, delta, domain, params[0].shape[0])
-            return _margin_lower_bound(low, high, params[0], params[1], y, exact_l2=None)
-        return _margin_lower_bound(None, None, params[0], params[1], y, exact_l2=(x, delta, domain))
+            return _margin_lower_bound(low, high, params[0], params[1], y, None, rtol)
+        return _margin_lower_bound(None, None, params[0], params[1], y, (x, delta, domain), rtol)
     low, high = input_interval(x, delta, norm, domain, params[0], params[1])
     for layer in range(1, n_layers - 1):
         low, high = _affine_bounds(low.clamp_min(0), high.clamp_min(0), params[2 * layer], params[2 * layer + 1])
-    return _margin_lower_bound(low.clamp_min(0), high.clamp_min(0), params[-2], params[-1], y, exact_l2=None)
+    return _margin_lower_bound(low.clamp_min(0), high.clamp_min(0), params[-2], params[-1], y, None, rtol)
 
 
 def ibp_proven(params: Params, x: torch.Tensor, y: torch.Tensor, delta: float, norm: str,
                domain: Tuple[float, float]) -> torch.Tensor:
     """Bool [N, B]: IBP proves that no point of the ball around x (within the domain) changes the
-    prediction from y: the margin's lower bound exceeds PROOF_TOL."""
-    return ibp_margin_bound(params, x, y, delta, norm, domain) > PROOF_TOL
+    prediction from y: the margin's lower bound, less PROOF_RTOL of the two logits' sizes (the
+    forward pass rounds each logit on its own scale), exceeds PROOF_TOL."""
+    return ibp_margin_bound(params, x, y, delta, norm, domain, rtol=PROOF_RTOL) > PROOF_TOL
 
 
 def _clipped_box(x: torch.Tensor, delta: float, domain: Tuple[float, float], n: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -216,9 +219,10 @@ def _clipped_box(x: torch.Tensor, delta: float, domain: Tuple[float, float], n: 
     return (x - delta).clamp(lo, hi).expand(n, -1, -1), (x + delta).clamp(lo, hi).expand(n, -1, -1)
 
 
-def _margin_lower_bound(low, high, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor, exact_l2) -> torch.Tensor:
+def _margin_lower_bound(low, high, w: torch.Tensor, b: torch.Tensor, y: torch.Tensor, exact_l2, rtol: float) -> torch.Tensor:
     """min over j != y of a lower bound on (W_y - W_j) a + (b_y - b_j), a in [low, high] (or, for a
-    single-layer model under l_2, a = x + Delta in the ball and the domain box); [N, B]."""
+    single-layer model under l_2, a = x + Delta in the ball and the domain box), each lowered by
+    rtol * (bound on |z_y| + bound on |z_j|); [N, B]."""
     n, c = w.shape[0], w.shape[1]
     diff_w = w.gather(1, y.view(1, -1, 1).expand(n, -1, w.shape[2])).unsqueeze(2) - w.unsqueeze(1)  # [N, B, C, in]
     diff_b = b.gather(1, y.view(1, -1).expand(n, -1)).unsqueeze(-1) - b.unsqueeze(1)  # [N, B, C]
@@ -230,6 +234,13 @@ def _margin_lower_bound(low, high, w: torch.Tensor, b: torch.Tensor, y: torch.Te
         ball = torch.einsum("nbci,bi->nbc", diff_w, x) - delta * torch.linalg.vector_norm(diff_w, dim=-1) + diff_b
         box = ((lo + hi) / 2) * diff_w.sum(-1) - ((hi - lo) / 2) * diff_w.abs().sum(-1) + diff_b
         bound = torch.maximum(ball, box)
+    if rtol:
+        if exact_l2 is None:
+            reach = torch.maximum(low.abs(), high.abs())
+        else:
+            reach = torch.full((n, exact_l2[0].shape[0], w.shape[2]), max(abs(lo), abs(hi)), dtype=w.dtype, device=w.device)
+        size = torch.einsum("nci,nbi->nbc", w.abs(), reach) + b.abs()[:, None, :]  # [N, B, C]: bounds on |z_c|
+        bound = bound - rtol * (size + size.gather(-1, y.view(1, -1, 1).expand(n, -1, 1)))
     bound = bound.scatter(-1, y.view(1, -1, 1).expand(n, -1, 1), float("inf"))
     return bound.min(dim=-1).values
 
@@ -273,6 +284,11 @@ def evaluate(params: Params, x_test: torch.Tensor, y_test: torch.Tensor, seeds: 
     ``seeds`` [N] are the runs' poison seeds."""
     params = as_float64(params)
     x = x_test.to(torch.float64)
+    y_test = y_test.to(torch.int64)
+    lo, hi = domain
+    if x.numel() and not (x.min() >= lo and x.max() <= hi):
+        raise ValueError(f"domain: the test points lie outside ({lo:g}, {hi:g}); the attacks and the bound assume the "
+                         "clean points inside the domain box")
     n, n_test = params[0].shape[0], x.shape[0]
     clean = _blocked(lambda m, xb, yb: correct(forward(m, xb)[0], yb), params, [x, y_test], shared_x=True)
     if delta == 0 or threat.rho == 0:

@@ -147,6 +147,17 @@ class SafetyRule:
         return Fraction(self.clean_hits_x2, 2) - exact_alpha(self.alpha) * self.test_size <= chance_hits
 
 
+def evasion_unsafe(reference_hits: Any, attacked_hits: Any, test_size: int, alpha: float) -> np.ndarray:
+    """Evasion labels, exactly: run i is unsafe iff G'_i = g_i - g_i(perturbed) > alpha, i.e. its
+    own clean count minus its attacked count exceeds alpha * P (docs/METHOD.md §3)."""
+    reference = check_hits(reference_hits, test_size, "reference_hits")
+    attacked = check_hits(attacked_hits, test_size, "attacked hits")
+    if reference.shape != attacked.shape:
+        raise ValueError(f"reference_hits: {reference.shape[0]} runs, but {attacked.shape[0]} attacked counts")
+    largest_safe_loss = math.floor(exact_alpha(alpha) * int(test_size))  # a loss of at most alpha * P points is safe
+    return reference - attacked > largest_safe_loss
+
+
 def chance_hits(y_test: np.ndarray) -> int:
     """Correct predictions of the majority-class predictor on the test set."""
     return int(np.bincount(np.asarray(y_test, dtype=np.int64)).max())

@@ -167,7 +167,7 @@ def fit_probe_barrier(train: Trajectories, pool: np.ndarray, config: CertifyConf
 
     The training split's own unsafe runs are not C2 rows of the fit: they ended barely past α at
     the probe's budget, beside its safe runs, and a trunk bent to put them above λ did not
-    generalise to fresh safe runs (docs/METHOD.md §11.4). The scenario program never sees the
+    generalise to fresh safe runs (docs/METHOD.md §11.7). The scenario program never sees the
     training split, so this choice affects how often a probe certifies, never soundness."""
     return fit_barrier(train.features, np.zeros(train.n, dtype=bool), pool, config.barrier)
 

@@ -10,7 +10,7 @@ import os
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, Any, Dict
+from typing import IO, Any, Dict, Optional
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from .io import write_atomic
 from .labels import check_hits
 
 SEED_COLUMNS = ("init", "poison", "schedule")
-FORMAT = "barrierkit.trajectories/2"
+FORMAT = "barrierkit.trajectories/3"
+READABLE = (FORMAT, "barrierkit.trajectories/2")  # /2 predates reference_hits (poisoning runs only)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Trajectories:
     poison_fraction: np.ndarray  # [N] float64: realised fraction of poisoned training points
     delta: float
     meta: Dict[str, Any] = field(default_factory=dict)
+    reference_hits: Optional[np.ndarray] = None  # [N] int64, evasion runs only: each run's own clean count
 
     def __post_init__(self) -> None:
         n = self.features.shape[0]
@@ -39,6 +41,10 @@ class Trajectories:
             raise ValueError(f"features: must be [N, K+1, k], got shape {self.features.shape}")
         self.test_hits = check_hits(self.test_hits, self.test_size)
         self.test_size = int(self.test_size)
+        if self.reference_hits is not None:
+            self.reference_hits = check_hits(self.reference_hits, self.test_size, "reference_hits")
+            if self.reference_hits.shape != (n,):
+                raise ValueError(f"reference_hits: must have shape ({n},), got {self.reference_hits.shape}")
         for name in ("test_hits", "poison_fraction"):
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"{name}: must have shape ({n},), got {getattr(self, name).shape}")
@@ -61,9 +67,10 @@ class Trajectories:
 
     def write_to(self, fh: IO[bytes]) -> None:
         """The .npz bytes (arrays plus the metadata as a JSON string, no pickle) into ``fh``."""
+        extra = {} if self.reference_hits is None else {"reference_hits": self.reference_hits}
         np.savez(fh, format=np.array(FORMAT), features=self.features, test_hits=self.test_hits,
                  test_size=np.int64(self.test_size), seeds=self.seeds, poison_fraction=self.poison_fraction,
-                 delta=np.float64(self.delta), meta=np.array(json.dumps(self.meta, sort_keys=True)))
+                 delta=np.float64(self.delta), meta=np.array(json.dumps(self.meta, sort_keys=True)), **extra)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically to ``path`` (.npz, owner-only): never a half-written file."""
@@ -76,11 +83,12 @@ class Trajectories:
         name = os.fspath(path)
         try:
             with np.load(name, allow_pickle=False) as z:
-                if "format" not in z.files or str(z["format"]) != FORMAT:
+                if "format" not in z.files or str(z["format"]) not in READABLE:
                     raise TrajectoriesError(f"{name}: not a {FORMAT} file (files from before exact hit counts must be re-sampled)")
                 return cls(
                     features=z["features"], test_hits=z["test_hits"], test_size=int(z["test_size"]), seeds=z["seeds"],
                     poison_fraction=z["poison_fraction"], delta=float(z["delta"]), meta=json.loads(str(z["meta"])),
+                    reference_hits=z["reference_hits"] if "reference_hits" in z.files else None,
                 )
         except TrajectoriesError:
             raise

@@ -253,3 +253,115 @@ def test_the_evasion_bench_measures_ibp_below_pgd_below_clean(tmp_path):
         assert by["ibp"]["accuracy_mean"] <= by["pgd"]["accuracy_mean"] <= by["random"]["accuracy_mean"] <= by["pgd"]["clean_mean"]
     assert {r["judge"]: r for r in rows if r["delta"] == 0.05}["ibp"]["accuracy_mean"] < \
         {r["judge"]: r for r in rows if r["delta"] == 0.02}["ibp"]["accuracy_mean"]
+
+
+# --- evasion runs through the engine, the trajectories file and `barrierkit sample` -------------
+
+def evasion_config(**evasion):
+    from barrierkit.config import SampleConfig, TrainRecipe
+
+    return SampleConfig(recipe=TrainRecipe(steps=8, record_every=4), threat_kind="evasion",
+                        evasion=EvasionThreat(**{"steps": 3, **evasion}))
+
+
+def test_evasion_runs_train_clean_and_count_their_own_and_attacked_hits():
+    import dataclasses
+
+    from barrierkit.engine import sample
+
+    config = evasion_config()
+    seeds = np.arange(18, dtype=np.int64).reshape(6, 3) + 5
+    runs = sample(config, 0.1, seeds, chunk=4)
+    clean = sample(dataclasses.replace(config, threat_kind="poisoning"), 0.0, seeds)
+    assert np.array_equal(runs.features, clean.features), "training is clean whatever the test-time budget"
+    assert runs.reference_hits is not None and (runs.test_hits <= runs.reference_hits).all()
+    assert (runs.test_hits < runs.reference_hits).any()
+    assert runs.delta == 0.1 and runs.poison_fraction.max() == 0
+    untouched = sample(config, 0.0, seeds)
+    assert np.array_equal(untouched.test_hits, untouched.reference_hits) and np.array_equal(untouched.reference_hits, runs.reference_hits)
+    # a run replays alone, in any chunk
+    alone = sample(config, 0.1, seeds[4:5])
+    assert alone.test_hits[0] == runs.test_hits[4] and alone.reference_hits[0] == runs.reference_hits[4]
+    ibp = sample(evasion_config(attack="ibp"), 0.1, seeds)
+    assert (ibp.test_hits <= runs.test_hits).all()
+
+
+def test_evasion_labels_are_exact_at_alpha():
+    from barrierkit.labels import evasion_unsafe
+
+    reference = np.array([340, 340, 340, 18])
+    attacked = np.array([322, 321, 340, 0])  # losses 18 (= 0.05 * 360: safe), 19, 0, 18
+    assert evasion_unsafe(reference, attacked, 360, 0.05).tolist() == [False, True, False, False]
+    with pytest.raises(ValueError, match="reference_hits"):
+        evasion_unsafe(reference[:3], attacked, 360, 0.05)
+
+
+def test_trajectories_keep_the_reference_hits_and_read_the_previous_format(tmp_path):
+    from barrierkit.engine import sample
+    from barrierkit.trajectories import Trajectories
+
+    runs = sample(evasion_config(), 0.05, np.arange(6, dtype=np.int64).reshape(2, 3) + 1)
+    runs.save(tmp_path / "e.npz")
+    back = Trajectories.load(tmp_path / "e.npz")
+    assert np.array_equal(back.reference_hits, runs.reference_hits) and np.array_equal(back.test_hits, runs.test_hits)
+    with np.load(tmp_path / "e.npz") as z:
+        old = {k: z[k] for k in z.files if k != "reference_hits"}
+    old["format"] = np.array("barrierkit.trajectories/2")
+    np.savez(tmp_path / "old.npz", **old)
+    assert Trajectories.load(tmp_path / "old.npz").reference_hits is None
+    with pytest.raises(ValueError, match="reference_hits"):
+        Trajectories(runs.features, runs.test_hits, runs.test_size, runs.seeds, runs.poison_fraction, 0.05,
+                     reference_hits=np.array([1]))
+
+
+def test_sample_threat_evasion_on_the_command_line(tmp_path, monkeypatch):
+    import json
+
+    from barrierkit.cli import main
+    from conftest import TINY_CERTIFY, no_work
+
+    out = tmp_path / "ev.npz"
+    assert main(["sample", "--threat", "evasion", "--evasion-attack", "random", "--delta", "0.2", "--n", "3", "--steps", "8",
+                 "--record-every", "4", "--out", str(out)]) == 0
+    summary = json.load(open(tmp_path / "ev.json"))
+    assert summary["n_unsafe"] == int(summary["unsafe_fraction"] * 3) and "g_clean" not in summary
+    assert summary["meta"]["config"]["threat_kind"] == "evasion" and summary["meta"]["config"]["evasion"]["attack"] == "random"
+    no_work(monkeypatch)
+    assert main([*TINY_CERTIFY, "--threat", "evasion", "--out", str(tmp_path / "c.json")]) == 2
+    assert main(["sample", "--threat", "evasion", "--evasion-rho", "2", "--delta", "0.1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert main(["attack", "--threat", "evasion", "--deltas", "0.05", "--out", str(tmp_path / "a.json")]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.json", "ev.npz"]
+
+
+@pytest.mark.parametrize("raw,field", [({"threat_kind": "both"}, "threat_kind"), ({"evasion": {"attack": "fgsm"}}, "evasion.attack"),
+                                       ({"evasion": {"rho": -1}}, "evasion.rho"), ({"attack": {"kind": "nope"}}, "attack.kind")])
+def test_a_bad_threat_setting_in_a_configuration_names_its_key(raw, field):
+    from barrierkit.config import SampleConfig
+
+    with pytest.raises(ConfigError) as err:
+        SampleConfig.from_dict(raw)
+    assert err.value.field == field
+
+
+def test_l2_draws_are_symmetric_in_every_coordinate_for_odd_dimensions():
+    seeds = torch.arange(2000, dtype=torch.int64)
+    idx = torch.zeros(2000, 1, dtype=torch.int64)
+    for dim in (1, 3):
+        draws = EV.uniform_in_ball(seeds, idx, dim, 0.2, "2", 0)[:, 0]
+        negative = (draws < 0).double().mean(dim=0)
+        assert ((negative > 0.45) & (negative < 0.55)).all(), (dim, negative)
+
+
+def test_test_points_outside_the_domain_are_refused():
+    params, x, y, seeds = models_and_points(2, 4, 3, (3,), 2)
+    with pytest.raises(ValueError, match="^domain:"):
+        EV.evaluate(params, x + 1.0, y, seeds, EvasionThreat(norm="2"), 0.1, DOMAIN)
+
+
+def test_the_proof_leaves_room_for_the_rounding_of_large_logits():
+    w = torch.tensor([[[1e-8], [0.0]]], dtype=torch.float64)
+    b = torch.tensor([[1e8, np.nextafter(1e8, 2e8)]], dtype=torch.float64)
+    x, y = torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([1])
+    assert EV.ibp_margin_bound([w, b], x, y, 0.25, "inf", DOMAIN).item() > EV.PROOF_TOL  # the bound in exact terms ...
+    assert not EV.ibp_proven([w, b], x, y, 0.25, "inf", DOMAIN).any()  # ... but the forward pass can tie: not proven
+    assert forward([w, b], torch.tensor([[0.75]], dtype=torch.float64))[0].argmax(-1).item() == 0
