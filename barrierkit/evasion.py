@@ -25,7 +25,7 @@ import torch
 
 from .config import EvasionThreat
 from .models import MODEL_BLOCK, Params, forward, in_fixed_blocks
-from .rng import Stream, bits_torch, normal_pair_torch, uniform_from_bits_torch
+from .rng import Stream, ball_point_torch, bits_torch, uniform_from_bits_torch
 
 POINT_BLOCK = 128  # test points per block: every block has the same shape, whatever P
 PROOF_TOL = 1e-9  # a point is proven robust when its worst-case logit margin exceeds this ...
@@ -52,14 +52,8 @@ def uniform_in_ball(seeds: torch.Tensor, idx: torch.Tensor, dim: int, delta: flo
     blocks = torch.arange((n_words + 3) // 4, dtype=torch.int64, device=idx.device)
     words = bits_torch(seeds.view(-1, 1, 1), idx.unsqueeze(-1), blocks.view(1, 1, -1), Stream.TEST_DELTA, 2 * draw)
     words = torch.stack(words, dim=-1).reshape(idx.shape[0], idx.shape[1], -1)
-    if norm == "inf":
-        return delta * (2.0 * uniform_from_bits_torch(words[..., :dim]) - 1.0)
-    w = words[..., :n_words]
-    z0, z1 = normal_pair_torch(w[..., 0::2], w[..., 1::2])
-    z = torch.stack([z0, z1], dim=-1).reshape(*idx.shape, -1)[..., :dim]
-    v = uniform_from_bits_torch(bits_torch(seeds.view(-1, 1), idx, 0, Stream.TEST_DELTA, 2 * draw + 1)[0])
-    radius = delta * v ** (1.0 / dim)
-    return z * (radius / torch.linalg.vector_norm(z, dim=-1).clamp_min(1e-300)).unsqueeze(-1)
+    radius_u = bits_torch(seeds.view(-1, 1), idx, 0, Stream.TEST_DELTA, 2 * draw + 1)[0] if norm == "2" else None
+    return ball_point_torch(words, radius_u, delta, norm, dim)
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, delta: float, norm: str, domain: Tuple[float, float]) -> torch.Tensor:

@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .rng import Stream, bits_torch, normal_pair_torch, uniform_from_bits_torch
+from .rng import Stream, ball_point_torch, bits_torch, uniform_from_bits_torch
 
 
 TABLE_ATTACKS = ("gradient", "unrolled", "unrolled_test")
@@ -120,16 +120,9 @@ def perturbation(spec: PoisonSpec, idx: torch.Tensor, dim: int) -> torch.Tensor:
     """Delta for points idx [N, B] of each trajectory: [N, B, dim] float64 (before masking)."""
     seeds = spec.seeds
     if spec.kind == "uniform":
-        words = _lane_words(seeds, idx, dim)
-        if spec.norm == "inf":
-            return spec.delta * (2.0 * uniform_from_bits_torch(words) - 1.0)
-        pad = (-dim) % 2
-        w = torch.nn.functional.pad(words, (0, pad)) if pad else words
-        z0, z1 = normal_pair_torch(w[..., 0::2], w[..., 1::2])
-        z = torch.stack([z0, z1], dim=-1).reshape(*idx.shape, -1)[..., :dim]
-        v = uniform_from_bits_torch(bits_torch(seeds.view(-1, 1), idx, 0, Stream.DELTA, 1)[0])
-        radius = spec.delta * v ** (1.0 / dim)
-        return z * (radius / torch.linalg.vector_norm(z, dim=-1)).unsqueeze(-1)
+        words = _lane_words(seeds, idx, dim + dim % 2)  # an odd dim's l_2 draw needs a Box-Muller partner word
+        radius_u = bits_torch(seeds.view(-1, 1), idx, 0, Stream.DELTA, 1)[0] if spec.norm == "2" else None
+        return ball_point_torch(words, radius_u, spec.delta, spec.norm, dim)
     if spec.kind == "sign":
         words = _lane_words(seeds, idx, (dim + 31) // 32)
         e = torch.arange(dim, device=idx.device)

@@ -17,7 +17,7 @@ bit for bit too. Anything built from transcendental functions (normals) agrees t
 from __future__ import annotations
 
 import enum
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -193,6 +193,21 @@ def normal_pair_torch(b0: torch.Tensor, b1: torch.Tensor) -> Tuple[torch.Tensor,
     u1 = uniform_from_bits_torch(b1)
     r = torch.sqrt(-2.0 * torch.log(u0))
     return r * torch.cos(2.0 * np.pi * u1), r * torch.sin(2.0 * np.pi * u1)
+
+
+def ball_point_torch(words: torch.Tensor, radius_u: Optional[torch.Tensor], delta: float, norm: str, dim: int) -> torch.Tensor:
+    """[..., dim] float64: a point uniform in the l_inf or l_2 ball of radius ``delta``.
+
+    ``words`` [..., dim + dim % 2] are Philox words (l_inf uses the first dim as uniforms; l_2 turns
+    them in pairs into normals by Box-Muller, so an odd dim needs one word more); ``radius_u`` [...]
+    is a uniform word for the l_2 radius delta * u^(1/dim) (unused for l_inf)."""
+    if norm == "inf":
+        return delta * (2.0 * uniform_from_bits_torch(words[..., :dim]) - 1.0)
+    pairs = words[..., :dim + dim % 2]
+    z0, z1 = normal_pair_torch(pairs[..., 0::2], pairs[..., 1::2])
+    z = torch.stack([z0, z1], dim=-1).reshape(*pairs.shape[:-1], -1)[..., :dim]
+    radius = delta * uniform_from_bits_torch(radius_u) ** (1.0 / dim)
+    return z * (radius / torch.linalg.vector_norm(z, dim=-1).clamp_min(1e-300)).unsqueeze(-1)
 
 
 _LN2 = 0.6931471805599453  # the float64 nearest ln 2

@@ -147,6 +147,11 @@ def test_unclipped_budget_is_used():
     d2 = perturbation(spec2, idx, 37)
     r = torch.linalg.vector_norm(d2, dim=-1)
     assert torch.all(r <= 0.3 + 1e-12) and r.mean() > 0.25  # uniform in the ball: radius concentrates near delta
+    # every coordinate is symmetric, the last of an odd dimension too (its Box-Muller partner is a drawn word)
+    many = PoisonSpec(seeds=torch.arange(2000), rho=1.0, delta=0.3, norm="2", kind="uniform")
+    for dim in (1, 3):
+        negative = (perturbation(many, torch.zeros(2000, 1, dtype=torch.int64), dim)[:, 0] < 0).double().mean(dim=0)
+        assert ((negative > 0.45) & (negative < 0.55)).all(), (dim, negative)
 
 
 def test_on_the_fly_poison_equals_materialised(small_data):
