@@ -184,8 +184,9 @@ def _affine_bounds(low: torch.Tensor, high: torch.Tensor, w: torch.Tensor, b: to
 def ibp_margin_bound(params: Params, x: torch.Tensor, y: torch.Tensor, delta: float, norm: str,
                      domain: Tuple[float, float], rtol: float = 0.0) -> torch.Tensor:
     """[N, B]: a lower bound, by interval bound propagation, on the logit margin
-    z_y - max_{j != y} z_j over every point of the ball around x [B, D] within the domain. The last layer bounds the differences (W_y - W_j) a directly, which is
-    tighter than subtracting separate bounds on z_y and z_j; a single-layer model's bound is exact.
+    z_y - max_{j != y} z_j over every point of the ball around x [B, D] within the domain. The
+    last layer bounds the differences (W_y - W_j) a directly, which is tighter than subtracting
+    separate bounds on z_y and z_j; a single-layer model's bound is exact.
     ``rtol`` > 0 lowers each pair's bound by rtol times bounds on |z_y| + |z_j| (rounding slack)."""
     n_layers = len(params) // 2
     if n_layers == 1:
