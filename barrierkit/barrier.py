@@ -14,7 +14,7 @@ labels any) is averaged over its own rows and the averages are summed, so the N*
 not drown out the pool and a large pool does not drown out a few labelled unsafe runs. C3 is
 measured in horizon units, relu(K * (dB - c) + margin), which gives it the gradient scale of C1 and
 C2 (unscaled increments are ~1/K and converge far more slowly); it asks every increment for
-dB <= c - margin/K. The default margin (2) exceeds K*c_max = 1 - kappa, so the fit asks B to *fall*
+dB <= c - margin/K. The default margin (16) exceeds K*c_max = 1 - kappa, so the fit asks B to *fall*
 by at least margin/K - c along every training run: a Lyapunov-like trunk, whose increments on
 fresh runs stay below c with room to spare (docs/METHOD.md §5). C4 needs no penalty:
 c = c_max * (1 - softplus(r)) with c_max the largest float64 such that K * c_max <= 1 - kappa, so

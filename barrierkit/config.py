@@ -418,7 +418,7 @@ class BarrierConfig:
     epochs: int = setting(300, "full-batch Adam steps of the fit")
     lr: float = setting(1e-2, "initial learning rate of the fit, cosine-annealed to lr × final_lr_fraction")
     final_lr_fraction: float = setting(0.01, "final learning rate of the fit, as a fraction of lr, in (0, 1]")
-    margin: float = setting(2.0, "hinge margin, in units of the gap λ − γ = 1 (C3: of K × increment); above 1 − kappa "
+    margin: float = setting(16.0, "hinge margin, in units of the gap λ − γ = 1 (C3: of K × increment); above 1 − kappa "
                                  "it asks B to fall along every training run (docs/METHOD.md §5)")
     kappa: float = setting(0.1, "C4 slack: K·c ≤ 1 − kappa (a certification's kappa; CertifyConfig checks they agree)")
     weight_decay: float = setting(1e-4, "L2 penalty on the trunk's weight matrices and w (not biases, γ, c)")
