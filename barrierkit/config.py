@@ -153,6 +153,13 @@ def _norm_name(norm: Any) -> str:
     return {"linf": "inf", "l2": "2", "2.0": "2"}.get(text, text)
 
 
+def _check_norm_and_rho(table: Any) -> None:
+    """A threat table's perturbation norm (normalised in place) and its probability ``rho``."""
+    object.__setattr__(table, "norm", _norm_name(table.norm))
+    _check(table.norm in NORMS, "norm", f"must be one of {NORMS}, got {table.norm!r}")
+    _check(_finite(table.rho) and 0.0 <= table.rho <= 1.0, "rho", f"must be in [0, 1], got {table.rho!r}")
+
+
 def _positive_int(x: Any) -> bool:
     return _int(x) and x >= 1
 
@@ -178,9 +185,7 @@ class ThreatModel:
 
     def __post_init__(self) -> None:
         _plain(self)
-        object.__setattr__(self, "norm", _norm_name(self.norm))
-        _check(self.norm in NORMS, "norm", f"must be one of {NORMS}, got {self.norm!r}")
-        _check(_finite(self.rho) and 0.0 <= self.rho <= 1.0, "rho", f"must be in [0, 1], got {self.rho!r}")
+        _check_norm_and_rho(self)
         _check(self.subset in SUBSET_RULES, "subset", f"must be one of {tuple(SUBSET_RULES)}, got {self.subset!r}")
         _check(self.subset != "chosen" or self.rho > 0, "subset",
                "a chosen subset needs rho > 0 (the attacker poisons ⌈ρ·n⌉ points; with rho = 0 there is no attack)")
@@ -223,10 +228,8 @@ class EvasionThreat:
 
     def __post_init__(self) -> None:
         _plain(self)
-        object.__setattr__(self, "norm", _norm_name(self.norm))
         _check(self.attack in EVASION_ATTACKS, "attack", f"must be one of {tuple(EVASION_ATTACKS)}, got {self.attack!r}")
-        _check(self.norm in NORMS, "norm", f"must be one of {NORMS}, got {self.norm!r}")
-        _check(_finite(self.rho) and 0.0 <= self.rho <= 1.0, "rho", f"must be in [0, 1], got {self.rho!r}")
+        _check_norm_and_rho(self)
         _check(_positive_int(self.steps), "steps", f"must be an integer >= 1, got {self.steps!r}")
         _check(_finite(self.step_size) and self.step_size > 0, "step_size", f"must be a finite number > 0, got {self.step_size!r}")
         _check(_int(self.restarts) and self.restarts >= 0, "restarts", f"must be an integer >= 0, got {self.restarts!r}")

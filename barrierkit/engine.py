@@ -22,7 +22,7 @@ from .unrolled import UNROLLED_ATTACKS, table_directions
 from .backends import Backend, StepProblem, TrainState, resolve, torch_dtype
 from .config import SEED_LIMIT, ConfigError, SampleConfig, check_delta
 from .data import Dataset, get_dataset
-from .evasion import evaluate
+from .evasion import check_in_domain, evaluate
 from .features import feature_names
 from .labels import hits_from_accuracy, name_runs
 from .models import MLPShape, flatten, init_params
@@ -138,9 +138,8 @@ def sample(
     shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
     evading = config.threat_kind == "evasion"  # delta is the test-time budget; training is clean
     train_delta = 0.0 if evading else delta
-    if evading and not (data.x_test.min() >= config.threat.domain[0] and data.x_test.max() <= config.threat.domain[1]):
-        raise ConfigError("domain", f"{data.name}'s test points lie outside the threat's domain {config.threat.domain}: "
-                                    "the test-time attacks perturb points inside it")
+    if evading:  # before any training
+        check_in_domain(data.x_test, config.threat.domain)
     poisoning = train_delta > 0 and config.threat.rho > 0
     directions = None
     t_start = time.perf_counter()

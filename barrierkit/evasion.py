@@ -19,17 +19,26 @@ own stream words), so every perturbation replays from the seeds. The readable pe
 """
 from __future__ import annotations
 
-from typing import Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
 
-from .config import EvasionThreat
+from .config import ConfigError, EvasionThreat
 from .models import MODEL_BLOCK, Params, forward, in_fixed_blocks
 from .rng import Stream, ball_point_torch, bits_torch, uniform_from_bits_torch
 
 POINT_BLOCK = 128  # test points per block: every block has the same shape, whatever P
 PROOF_TOL = 1e-9  # a point is proven robust when its worst-case logit margin exceeds this ...
 PROOF_RTOL = 1e-9  # ... after subtracting this much of the sizes of the two logits (float64 rounds each one separately)
+
+
+def check_in_domain(x: Any, domain: Tuple[float, float]) -> None:
+    """The clean test points (array or tensor) must lie in the domain box: the l_2 projection and
+    bound assume it. A ConfigError naming ``domain`` otherwise."""
+    lo, hi = domain
+    if x.shape[0] and not (float(x.min()) >= lo and float(x.max()) <= hi):
+        raise ConfigError("domain", f"the test points lie outside the threat's domain ({lo:g}, {hi:g}): the test-time "
+                                    "attacks and the interval bound perturb points inside it")
 
 
 def as_float64(params: Params) -> Params:
@@ -218,7 +227,7 @@ def _margin_lower_bound(low, high, w: torch.Tensor, b: torch.Tensor, y: torch.Te
     """min over j != y of a lower bound on (W_y - W_j) a + (b_y - b_j), a in [low, high] (or, for a
     single-layer model under l_2, a = x + Delta in the ball and the domain box), each lowered by
     rtol * (bound on |z_y| + bound on |z_j|); [N, B]."""
-    n, c = w.shape[0], w.shape[1]
+    n = w.shape[0]
     diff_w = w.gather(1, y.view(1, -1, 1).expand(n, -1, w.shape[2])).unsqueeze(2) - w.unsqueeze(1)  # [N, B, C, in]
     diff_b = b.gather(1, y.view(1, -1).expand(n, -1)).unsqueeze(-1) - b.unsqueeze(1)  # [N, B, C]
     if exact_l2 is None:
@@ -280,10 +289,7 @@ def evaluate(params: Params, x_test: torch.Tensor, y_test: torch.Tensor, seeds: 
     params = as_float64(params)
     x = x_test.to(torch.float64)
     y_test = y_test.to(torch.int64)
-    lo, hi = domain
-    if x.numel() and not (x.min() >= lo and x.max() <= hi):
-        raise ValueError(f"domain: the test points lie outside ({lo:g}, {hi:g}); the attacks and the bound assume the "
-                         "clean points inside the domain box")
+    check_in_domain(x, domain)
     n, n_test = params[0].shape[0], x.shape[0]
     clean = _blocked(lambda m, xb, yb: correct(forward(m, xb)[0], yb), params, [x, y_test], shared_x=True)
     if delta == 0 or threat.rho == 0:
@@ -305,5 +311,5 @@ def evaluate(params: Params, x_test: torch.Tensor, y_test: torch.Tensor, seeds: 
     return clean.sum(dim=1), attacked.sum(dim=1)
 
 
-__all__ = ["EvasionThreat", "evaluate", "ibp_margin_bound", "ibp_proven", "pgd_ascent", "pgd_start", "pgd_flipped", "random_flipped", "input_gradient",
+__all__ = ["EvasionThreat", "check_in_domain", "evaluate", "ibp_margin_bound", "ibp_proven", "pgd_ascent", "pgd_start", "pgd_flipped", "random_flipped", "input_gradient",
            "perturbed_points", "uniform_in_ball", "project", "logit_margin", "PROOF_TOL"]

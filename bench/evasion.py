@@ -41,7 +41,8 @@ def robust_accuracy(n: int, deltas: List[float], norm: str, steps: int, restarts
     y_test = torch.as_tensor(data.y_test)
     P = int(x_test.shape[0])
     seeds = trajectory_seeds(seed, Purpose.SAMPLE, n)
-    counts: Dict = {}
+    counts: Dict = {}  # (delta, judge) -> attacked hits per chunk (the engine hands chunks in order)
+    clean_hits: List[np.ndarray] = []  # per chunk
     seconds: Dict = {}
 
     def judge(lo: int, hi: int, params) -> None:
@@ -53,10 +54,10 @@ def robust_accuracy(n: int, deltas: List[float], norm: str, steps: int, restarts
                 clean, attacked = evaluate(params, x_test, y_test, run_seeds, threat, delta, config.threat.domain)
                 seconds[delta, attack] = seconds.get((delta, attack), 0.0) + time.perf_counter() - tic
                 counts.setdefault((delta, attack), []).append(attacked.numpy())
-                counts.setdefault("clean", {})[lo] = clean.numpy()
+        clean_hits.append(clean.numpy())
 
     sample(config, 0.0, seeds, backend=backend, terminal=judge, description="clean runs")
-    clean = np.concatenate([counts["clean"][lo] for lo in sorted(counts["clean"])]) / P
+    clean = np.concatenate(clean_hits) / P
     rows = []
     for delta in deltas:
         for attack in JUDGES:
