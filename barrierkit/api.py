@@ -14,7 +14,7 @@ from .backends import Backend, resolve, resolve_device
 from .certificate import Certificate, assemble, warnings_for
 from .config import CertifyConfig, ConfigError, SampleConfig
 from .data import Dataset, get_dataset
-from .empirical import certificate_attacks, certificate_cells, probed_budgets
+from .empirical import certificate_attacks, certificate_cells, probed_budgets, training_attack
 from .engine import check_memory, clean_runs, sample
 from .environment import versions
 from .labels import SafetyRule, chance_hits
@@ -28,7 +28,9 @@ log = logging.getLogger("barrierkit")
 
 def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: str | Backend = "auto",
             device: str = "auto", progress: Optional[bool] = None) -> Certificate:
-    """Search the largest certified poisoning budget and return the Certificate.
+    """Search the largest certified budget and return the Certificate: the poisoning budget δ,
+    the test-time budget δ' (``threat_kind = "evasion"``) or, under ``both``, the one named by
+    ``search_budget`` with the other one fixed.
 
     ``data``, when given, must be the dataset ``config.sample.dataset`` names (it is loaded by
     that name either way, and verify loads it again to check the certificate's facts about it).
@@ -54,21 +56,21 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
     for name, n in (("n_clean", config.n_clean), ("n_pool", config.n_pool), ("n_verify", config.n_train + config.n_verify),
                     ("emp_runs", config.emp_runs if config.emp_attacks else 0)):
         check_memory(scfg, n, name)
-    emp_backends = ({kind: resolve(backend, device, scfg.recipe.dtype, attack=kind) for kind in certificate_attacks(config)}
-                    if config.emp_attacks else {})  # an attack the backend cannot run fails here, before any work
+    emp_backends = ({kind: resolve(backend, device, scfg.recipe.dtype, attack=training_attack(scfg, kind))
+                     for kind in certificate_attacks(config)} if config.emp_attacks else {})  # an attack the backend cannot run fails here, before any work
     backend = resolve(backend, device, scfg.recipe.dtype, attack=scfg.attack.kind)
     log.info("certify: %s, MLP %s, %d steps, backend %s on %s; up to %d probes of %d + %d runs",
              data.name, "-".join(map(str, (data.input_dim, *scfg.model.hidden, data.n_classes))), scfg.recipe.steps,
              backend.name, device, config.max_probes, config.n_train, config.n_verify)
     tic = time.perf_counter()
     clean = clean_runs(scfg, config.n_clean, config.seed, data=data, backend=backend, device=device, progress=progress)
-    rule = SafetyRule.from_clean_hits(clean.test_hits, clean.test_size, config.alpha)
+    rule = SafetyRule.for_threat(scfg.threat_kind, clean.test_hits, clean.test_size, config.alpha)
     clean_s = time.perf_counter() - tic
     log.info("clean runs: %d, g_c = %.4f (median %s of %d test points correct) [%.1f s]", clean.n, rule.g_clean,
              f"{rule.clean_median_hits:g}", rule.test_size, clean_s)
     for text in warnings_for(rule, chance_hits(data.y_test)):
         log.warning(text)
-    top = max_budget(scfg.threat.norm, scfg.threat.domain, data.input_dim)
+    top = max_budget(scfg.search_norm, scfg.threat.domain, data.input_dim)
     ctx = Certification(config, data, rule, pool=[], backend=backend, device=str(device), progress=progress)
     pool = sample_pool(ctx, config.pool_budget(top))
 
@@ -98,24 +100,28 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
 
 
 def sample_pool(ctx: Certification, pool_delta: float) -> Dict[str, Any]:
-    """Sample the heavy-poison runs of the unsafe pool, add their unsafe terminal states to
+    """Sample the heavily attacked runs of the unsafe pool, add their unsafe terminal states to
     ``ctx.pool`` (keyed +inf: heavier than every probe) and return the certificate's record."""
     config = ctx.config
     tic = time.perf_counter()
     heavy = ctx.sample(pool_delta, Purpose.POOL, config.n_pool, f"unsafe pool δ={pool_delta:.3g}",
                        sample_config=pool_sample_config(config))
-    unsafe = ctx.rule.unsafe(heavy.test_hits)
+    unsafe = ctx.rule.unsafe_runs(heavy)
     if unsafe.any():
         ctx.pool.append((math.inf, heavy.features[unsafe, -1]))
-    log.info("unsafe pool: %d of %d heavy-poison runs (rho %g, δ %.3g) ended unsafe [%.1f s]", int(unsafe.sum()),
+    log.info("unsafe pool: %d of %d heavily attacked runs (rho %g, budget %.3g) ended unsafe [%.1f s]", int(unsafe.sum()),
              heavy.n, config.pool_rho, pool_delta, time.perf_counter() - tic)
     return {"delta": pool_delta, "rho": config.pool_rho, "n": heavy.n, "n_unsafe": int(unsafe.sum()),
-            "hits": heavy.test_hits.tolist()}
+            "hits": heavy.test_hits.tolist(),
+            "reference_hits": heavy.reference_hits.tolist() if ctx.rule.own_reference else None}
 
 
 def pool_sample_config(config: CertifyConfig) -> SampleConfig:
-    """The heavy-poison runs of the unsafe pool: the recipe with every point poisoned (pool_rho)."""
+    """The heavily attacked runs of the unsafe pool: the recipe with the searched budget's
+    probability (ρ of the training points, or ρ' of the test points) raised to pool_rho."""
     scfg = config.sample
+    if scfg.searches_evasion:
+        return dataclasses.replace(scfg, evasion=dataclasses.replace(scfg.evasion, rho=config.pool_rho))
     return dataclasses.replace(scfg, threat=dataclasses.replace(scfg.threat, rho=config.pool_rho))
 
 

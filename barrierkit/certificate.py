@@ -29,12 +29,14 @@ if TYPE_CHECKING:  # assemble's imports are made when it runs: reading a certifi
     from .config import CertifyConfig
     from .data import Dataset
 
-FORMAT = "barrierkit.certificate/4"
+FORMAT = "barrierkit.certificate/5"
 OLD_FORMATS = {
     "barrierkit.certificate/1": "written before safety labels were exact (its ties may be mislabelled)",
     "barrierkit.certificate/2": "written before the unsafe pool's rule (pool_states) and the empirical radii were recorded",
     "barrierkit.certificate/3": "whose barriers were fitted with the training split's unsafe runs as C2 rows, which "
                                 "this version's replay would not fit again",
+    "barrierkit.certificate/4": "written before test-time threats (its threat model does not say which budget was "
+                                "searched)",
 }
 """Formats this version refuses, and why each cannot be read as today's."""
 STATUSES = ("CERTIFIED", "REFUTED", "INCONCLUSIVE")
@@ -154,9 +156,21 @@ class Certificate:
 
 
 def threat_model(config_dict: Dict[str, Any]) -> Dict[str, Any]:
-    """The threat model and sampling attack as a certificate states them, from its config."""
+    """The threat model as a certificate states it, from its config: which budget the radius is
+    (``searched``: poisoning δ or evasion δ'), the poisoning threat and sampling attack when
+    training is poisoned, the test-time threat when the test set is attacked, and under ``both``
+    the budget held fixed."""
     sample = config_dict["sample"]
-    return {**sample["threat"], "sampling_attack": sample["attack"]}
+    kind = sample["threat_kind"]
+    searched = "evasion" if kind == "evasion" or (kind == "both" and sample["search_budget"] == "evasion") else "poisoning"
+    stated: Dict[str, Any] = {"kind": kind, "searched": searched, "domain": sample["threat"]["domain"]}
+    if kind != "evasion":
+        stated["poisoning"] = {**sample["threat"], "sampling_attack": sample["attack"]}
+    if kind != "poisoning":
+        stated["evasion"] = dict(sample["evasion"])
+    if kind == "both":
+        stated["fixed_budget"] = sample["fixed_budget"]
+    return stated
 
 
 def clean_summary(rule: SafetyRule, hits: Any) -> Dict[str, Any]:
@@ -204,11 +218,11 @@ def assemble(config: CertifyConfig, data: Dataset, rule: SafetyRule, clean_hits:
 
     scfg = config.sample
     status, reason, best = overall_status(probes)
-    top = max_budget(scfg.threat.norm, scfg.threat.domain, data.input_dim)
+    top = max_budget(scfg.search_norm, scfg.threat.domain, data.input_dim)
     found = radii(probes, best, top, config.delta_hi)
     context = None
     if best is not None:
-        context = radius_context(best["delta"], scfg.threat.norm, data.x_train, data.y_train)
+        context = radius_context(best["delta"], scfg.search_norm, data.x_train, data.y_train)
     total = time.perf_counter() - started
     shape = MLPShape.from_spec(scfg.model, data.input_dim, data.n_classes)
     settings = config.to_dict()

@@ -21,7 +21,7 @@ import numpy as np
 
 from .version import __version__
 from .certificate import CertificateError, DigestMismatch, near_chance_warning
-from .config import EMP_ATTACKS, CertifyConfig, ConfigError, SampleConfig, Setting, given_type, settings
+from .config import EMP_ATTACKS, STRONG_EVASION, CertifyConfig, ConfigError, SampleConfig, Setting, given_type, settings
 from .config_file import dump_config, in_file, read_settings
 from .outputs import OutputError, OutputLocks, check_log_file, check_outputs
 
@@ -79,7 +79,7 @@ PARSERS: Dict[str, Callable[[str], Any]] = {"solver": str.upper}
 DATA = "sampling: data, model and execution"
 RECIPE = "training recipe (the dynamics)"
 THREAT = "threat model and sampling attack"
-EVASION = "evasion: the test-time attack (--threat evasion)"
+EVASION = "evasion: the test-time attack (--threat evasion or both)"
 FEATURES = "features φ (what is recorded of each run)"
 BARRIER = "barrier fit"
 PAC = "certification (PAC)"
@@ -90,6 +90,7 @@ CONFIG_FILE = "configuration file"
 LOGGING = "output and logging"
 GROUP_ORDER = (CONFIG_FILE, DATA, RECIPE, THREAT, EVASION, FEATURES, BARRIER, PAC, SCENARIO, SEARCH, EMPIRICAL, LOGGING)
 SECTION_GROUPS = {"model": DATA, "recipe": RECIPE, "threat_kind": THREAT, "threat": THREAT, "attack": THREAT,
+                  "search_budget": THREAT, "fixed_budget": THREAT,
                   "evasion": EVASION, "features": FEATURES,
                   "barrier": BARRIER, "dataset": DATA, "memory_budget_mb": DATA, "seed": DATA,
                   "alpha": PAC, "epsilon": PAC, "beta": PAC, "n_verify": PAC, "n_train": PAC, "n_clean": PAC,
@@ -282,8 +283,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return EXIT_OK
     evading = config.threat_kind == "evasion"
     if args.delta is None:
-        raise CliError("delta: --delta is required (the budget: ||Delta||_p <= delta on poisoned training points, or on "
-                       "perturbed test points with --threat evasion)")
+        raise CliError("delta: --delta is required (the budget: ||Delta||_p <= delta on poisoned training points, on "
+                       "perturbed test points with --threat evasion, or the one --search-budget names with --threat both)")
     check_count(args.n, "n")
     if not isinstance(args.n_clean, int) or args.n_clean < 0:
         raise ConfigError("n_clean", f"must be an int >= 0, got {args.n_clean!r}")
@@ -324,7 +325,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             log.warning("the runs' median test accuracy %.4f is no better than always predicting the majority class "
                         "(%.4f): the recipe does not learn", float(np.median(runs.test_accuracy)), chance / runs.test_size)
         write_together([(outputs[0][1], runs.write_to), (outputs[1][1], lambda fh: fh.write(json_bytes(summary)))])
-    say(f"{runs.n} trajectories at delta={runs.delta:g}: median {'attacked ' if evading else ''}test accuracy "
+    say(f"{runs.n} trajectories at delta={runs.delta:g}: median {'attacked ' if config.threat_kind != 'poisoning' else ''}test accuracy "
         f"{np.median(runs.test_accuracy):.4f}, "
         f"{summary['meta']['timings']['trajectory_steps_per_s']:.0f} trajectory-steps/s")
     if evading:
@@ -404,7 +405,7 @@ def certify_config_from_args(args: argparse.Namespace) -> CertifyConfig:
 
     config = config_from_args(args, CertifyConfig)
     if args.emp and config.emp_attacks is None:  # --emp-attacks or the file's list, when given, says which
-        config = dataclasses.replace(config, emp_attacks=EMP_ATTACKS)
+        config = dataclasses.replace(config, emp_attacks=STRONG_EVASION if config.sample.searches_evasion else EMP_ATTACKS)
     try:
         check_verify_runs(config)
     except ConfigError as exc:
@@ -543,9 +544,10 @@ def sampling_groups(p: argparse.ArgumentParser, own: str) -> Dict[str, argparse.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="barrierkit", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
-        description=textwrap.fill("Certify how much data poisoning a training recipe can take, with barrier "
-                                  "certificates. A certificate is relative to its sampling attack: it covers only "
-                                  "the perturbations that attack draws (see 'barrierkit certify --help').", width=79),
+        description=textwrap.fill("Certify how much data poisoning (and test-time evasion) a training recipe can "
+                                  "take, with barrier certificates. A certificate is relative to its attack: it "
+                                  "covers only the perturbations that attack draws (see 'barrierkit certify "
+                                  "--help').", width=79),
     )
     parser.add_argument("--version", action="version", version=f"barrierkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -596,12 +598,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_logging_options(g)
     p.set_defaults(func=cmd_attack)
 
-    p = command("certify", help="search the largest certified poisoning budget and write a Certificate", usage=many_options,
-                description="Bisect over the budget delta; at each probe sample fresh poisoned runs, fit a "
+    p = command("certify", help="search the largest certified budget (poisoning δ or test-time δ′) and write a "
+                                "Certificate", usage=many_options,
+                description="Bisect over the budget delta (the poisoning budget; with --threat evasion the test-time "
+                            "budget δ′; with --threat both the one --search-budget names, the other fixed at "
+                            "--fixed-budget); at each probe sample fresh runs, fit a "
                             "neural barrier certificate on a training split and verify it with a scenario "
                             "convex program on a verification split (PAC: confidence 1 - beta, violation "
                             "level epsilon). Prints the report; writes the JSON certificate to --out. The "
-                            "result holds only for the named sampling attack (--attack). Every setting of "
+                            "result holds only for the named attack (--attack; --evasion-attack for δ′). Every setting of "
                             "the certification has an option below and a key in a --config file.")
     groups = option_groups(p, GROUP_ORDER)
     add_config_file_options(groups, CertifyConfig)
@@ -611,7 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--emp", action="store_true",
         help=f"measure δ_emp of {', '.join(EMP_ATTACKS)} (the strongest built-in attacks) and of the sampling attack at "
              "every probed budget, and report them beside δ_cert: the same as --emp-attacks " + ",".join(EMP_ATTACKS)
-             + " (on the default recipe this adds about one certification's time)")
+             + " (on the default recipe this adds about one certification's time); when the search runs over the "
+             "test-time budget δ′, the same as --emp-attacks " + ",".join(STRONG_EVASION))
     g = groups[LOGGING]
     g.add_argument("--out", default=None, help="write the JSON certificate here (owner-only permissions; locked while "
                                                "this run works toward it; default: nothing is saved)")

@@ -49,6 +49,11 @@ ATTACK_DESCRIPTIONS = {
 DTYPES = ("float32", "float64")
 EMP_ATTACKS = ("unrolled", "unrolled_test")
 """The attacks ``certify --emp`` measures beside the sampling attack: the strongest built in."""
+EMP_EVASION_ATTACKS = ("random", "pgd", "pgd_strong")
+"""The test-time attacks ``certify --emp`` may measure when the search runs over δ' (pgd_strong:
+PGD with at least 100 steps and 2 random restarts; the interval bound is not an attack)."""
+STRONG_EVASION = ("pgd_strong",)
+"""What ``certify --emp`` measures when the search runs over δ': the strongest test-time attack."""
 POOL_STATES = ("heavy", "heavy+larger")
 """Which unsafe states form a probe's pool: the heavy-poison runs' only, or also the unsafe
 training-split states of probes at strictly larger budgets (docs/METHOD.md §11.4)."""
@@ -207,9 +212,13 @@ PGD_LOSSES = ("ce", "margin")
 THREAT_KINDS = {
     "poisoning": "the budget δ perturbs training points (the threat table and the sampling attack)",
     "evasion": "training is clean; the budget δ (δ') perturbs test points of each trained model (the evasion table) and "
-               "a run is unsafe when its own test accuracy drops by more than alpha (sample only: certify does not "
-               "cover it yet)",
+               "a run is unsafe when its own test accuracy drops by more than alpha",
+    "both": "training is poisoned (threat table, budget δ) and the trained model's test points are perturbed (evasion "
+            "table, budget δ'); the search runs over search_budget with the other fixed at fixed_budget, and a run is "
+            "unsafe when its attacked accuracy is more than alpha below g_c",
 }
+SEARCH_BUDGETS = ("poisoning", "evasion")
+"""Under threat_kind both: which budget the search runs over (the other one is fixed)."""
 
 
 @dataclass(frozen=True)
@@ -345,6 +354,10 @@ class SampleConfig:
     attack: SamplingAttack = field(default_factory=SamplingAttack)
     evasion: EvasionThreat = field(default_factory=EvasionThreat)
     features: FeatureSpec = field(default_factory=FeatureSpec)
+    search_budget: str = setting("poisoning", "threat both only: the budget the search and sample's --delta run over, "
+                                              "poisoning (δ) or evasion (δ'); the other one is fixed_budget")
+    fixed_budget: float | None = setting(None, "threat both only: the budget held fixed (δ' when search_budget is "
+                                               "poisoning, δ when it is evasion)", unset="none: required under both")
     memory_budget_mb: float | None = setting(None, "memory budget in MB that sizes the chunks of runs trained at once; "
                                                    "results do not depend on it",
                                              unset="2048 on the CPU, half the free memory of a CUDA device")
@@ -353,8 +366,45 @@ class SampleConfig:
         _plain(self)
         _check(isinstance(self.dataset, str) and bool(self.dataset), "dataset", "must be a dataset name")
         _check(self.threat_kind in THREAT_KINDS, "threat_kind", f"must be one of {tuple(THREAT_KINDS)}, got {self.threat_kind!r}")
+        _check(self.search_budget in SEARCH_BUDGETS, "search_budget",
+               f"must be one of {SEARCH_BUDGETS}, got {self.search_budget!r}")
+        both = self.threat_kind == "both"
+        _check(both or self.fixed_budget is None, "fixed_budget",
+               f"applies to threat_kind both only (threat_kind is {self.threat_kind!r}); leave it unset")
+        _check(both or self.search_budget == "poisoning", "search_budget",
+               f"applies to threat_kind both only (threat_kind is {self.threat_kind!r}); leave it at poisoning")
+        _check(not both or self.fixed_budget is not None, "fixed_budget",
+               "threat_kind both needs both budgets: give the one the search does not run over "
+               f"({'δ' if self.search_budget == 'evasion' else 'δ′'}) as fixed_budget")
+        _check(self.fixed_budget is None or (_finite(self.fixed_budget) and self.fixed_budget > 0), "fixed_budget",
+               f"must be a finite number > 0, got {self.fixed_budget!r}")
         _check(self.memory_budget_mb is None or (_finite(self.memory_budget_mb) and self.memory_budget_mb > 0),
                "memory_budget_mb", f"must be a number > 0 (or unset: automatic), got {self.memory_budget_mb!r}")
+
+    def budgets(self, budget: float) -> Tuple[float, float | None]:
+        """(training-time δ, test-time δ' or None) of a run at the searched ``budget``."""
+        if self.threat_kind == "poisoning":
+            return budget, None
+        if self.threat_kind == "evasion":
+            return 0.0, budget
+        fixed = float(self.fixed_budget)
+        return (budget, fixed) if self.search_budget == "poisoning" else (fixed, budget)
+
+    @property
+    def searches_evasion(self) -> bool:
+        """Whether the searched budget is the test-time δ' (evasion, or both over δ')."""
+        return self.threat_kind == "evasion" or (self.threat_kind == "both" and self.search_budget == "evasion")
+
+    @property
+    def search_norm(self) -> str:
+        """The norm of the searched budget: the evasion table's for δ', the threat table's for δ."""
+        return self.evasion.norm if self.searches_evasion else self.threat.norm
+
+    @property
+    def feature_dim(self) -> int:
+        """k, the entries of φ: the feature table's, plus the interval-bound robustness of the
+        probe points when the test set is attacked (:mod:`barrierkit.features`)."""
+        return self.features.dim + (0 if self.threat_kind == "poisoning" else 1)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -441,15 +491,16 @@ class BarrierConfig:
         _check(_finite(self.kappa) and 0 < self.kappa < 1, "BarrierConfig.kappa", f"must lie in (0, 1), got {self.kappa!r}")
 
 
-def check_attack_names(attacks: Any, field_name: str) -> Tuple[str, ...]:
-    """A non-empty sequence of known attack names, none twice, as a tuple (a ConfigError naming
-    ``field_name`` otherwise)."""
+def check_attack_names(attacks: Any, field_name: str, known: Tuple[str, ...] = ATTACKS,
+                       what: str = "sampling") -> Tuple[str, ...]:
+    """A non-empty sequence of attack names from ``known``, none twice, as a tuple (a ConfigError
+    naming ``field_name`` otherwise)."""
     _check(isinstance(attacks, (list, tuple)) and all(isinstance(a, str) for a in attacks), field_name,
            f"must be a list of attack names, got {attacks!r}")
     names = tuple(attacks)
-    _check(bool(names), field_name, "name at least one sampling attack")
+    _check(bool(names), field_name, f"name at least one {what} attack")
     for name in names:
-        _check(name in ATTACKS, field_name, f"unknown sampling attack {name!r}; known: {', '.join(ATTACKS)}")
+        _check(name in known, field_name, f"unknown {what} attack {name!r}; known: {', '.join(known)}")
     _check(len(set(names)) == len(names), field_name, f"an attack is named twice: {', '.join(names)}")
     return names
 
@@ -485,7 +536,8 @@ class CertifyConfig:
     max_probes: int = setting(8, "K_max, probes in the search (beta is split over them)")
     emp_attacks: Tuple[str, ...] | None = setting(None, "comma-separated attacks whose empirical radius δ_emp the "
                                                         "certificate measures beside the sampling attack's, at every "
-                                                        "probed budget (--emp: " + ",".join(EMP_ATTACKS) + ")",
+                                                        "probed budget (--emp: " + ",".join(EMP_ATTACKS) + "; when the search "
+                                                        "runs over δ′: " + ",".join(EMP_EVASION_ATTACKS) + ")",
                                                   unset="none: no other attack is tried")
     emp_runs: int = setting(300, "runs per attack and probed budget behind δ_emp (the same seeds for every attack)")
     delta_start: float = setting(0.05, "first probe when bracketing by doubling (not used when delta_hi is set)")
@@ -513,14 +565,16 @@ class CertifyConfig:
         _check(_finite(self.beta) and 0.0 < self.beta < 1.0, "beta", f"must be in (0, 1), got {self.beta!r}")
         for name in ("n_verify", "n_train", "n_clean", "n_pool", "max_probes", "emp_runs"):
             _check(_positive_int(getattr(self, name)), name, f"must be an int >= 1, got {getattr(self, name)!r}")
-        if self.emp_attacks is not None:
-            object.__setattr__(self, "emp_attacks", check_attack_names(self.emp_attacks, "emp_attacks"))
         _check(_finite(self.rel_tol) and 0.0 < self.rel_tol < 1.0, "rel_tol",
                f"must be in (0, 1) (the bracket width, relative to its upper end, at which bisection stops), got {self.rel_tol!r}")
-        _check(self.sample.threat_kind == "poisoning", "threat_kind",
-               "certify covers poisoning only so far: an evasion certificate is not built yet "
-               "(barrierkit sample --threat evasion samples and labels evasion runs)")
-        _check(self.sample.threat.rho > 0.0, "rho", "must be > 0 for a certificate: with rho = 0 no point is poisoned")
+        kind = self.sample.threat_kind
+        _check(kind == "evasion" or self.sample.threat.rho > 0.0, "rho",
+               "must be > 0 for a certificate: with rho = 0 no point is poisoned")
+        _check(kind == "poisoning" or self.sample.evasion.rho > 0.0, "evasion.rho",
+               "must be > 0 for a certificate: with rho' = 0 no test point is perturbed")
+        if self.emp_attacks is not None:
+            known, what = (EMP_EVASION_ATTACKS, "test-time") if self.sample.searches_evasion else (ATTACKS, "sampling")
+            object.__setattr__(self, "emp_attacks", check_attack_names(self.emp_attacks, "emp_attacks", known, what))
         for name in ("delta_start", "tau", "w_bound"):
             _check(_finite(getattr(self, name)) and getattr(self, name) > 0, name, f"must be a finite number > 0, got {getattr(self, name)!r}")
         for name in ("pool_delta", "delta_hi"):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import ConfigError, SampleConfig, check_alpha, check_attack_names, check_count, check_delta
+from .config import ConfigError, EvasionThreat, SampleConfig, check_alpha, check_attack_names, check_count, check_delta
 from .pac import rate_lower_bound
 from .rng import Purpose, trajectory_seeds
 
@@ -37,23 +37,46 @@ def check_attacks(attacks: Sequence[str]) -> List[str]:
     return list(check_attack_names(list(attacks), "attacks"))
 
 
+STRONG_PGD = {"steps": 100, "restarts": 2}
+"""pgd_strong: the evasion table's PGD with at least this many steps and random restarts."""
+
+
+def evasion_attack(threat: EvasionThreat, kind: str) -> EvasionThreat:
+    """The test-time table with its attack replaced by ``kind`` (random, pgd, ibp: the table's own
+    settings; pgd_strong: PGD with at least :data:`STRONG_PGD` steps and restarts)."""
+    if kind == "pgd_strong":
+        return dataclasses.replace(threat, attack="pgd", **{k: max(v, getattr(threat, k)) for k, v in STRONG_PGD.items()})
+    return dataclasses.replace(threat, attack=kind)
+
+
 def attack_configs(config: SampleConfig, attacks: Sequence[str]) -> Dict[str, SampleConfig]:
-    """The recipe ``config`` once per attack, its own attack replaced (sign noise is the
-    gradient attack's alone)."""
+    """The recipe ``config`` once per attack, the attack on the searched budget replaced: the
+    sampling attack (sign noise is the gradient attack's alone) or, when the search runs over δ',
+    the test-time one (:func:`evasion_attack`)."""
+    if config.searches_evasion:
+        return {kind: dataclasses.replace(config, evasion=evasion_attack(config.evasion, kind)) for kind in attacks}
     return {kind: dataclasses.replace(config, attack=dataclasses.replace(
                 config.attack, kind=kind, sign_noise=config.attack.sign_noise if kind == "gradient" else 0.0))
             for kind in attacks}
 
 
-def cell(rule: "SafetyRule", attack: str, delta: float, hits: Sequence[int], backend: str) -> Dict[str, Any]:
-    """One (attack, budget) cell from its runs' test hit counts: the unsafe count and fraction,
-    the 95 % Clopper-Pearson interval and the median accuracy. ``verify`` rebuilds every cell with
-    this function from the stored counts."""
+def training_attack(config: SampleConfig, kind: str) -> str:
+    """The training-time sampling attack that the runs of attack ``kind`` train under (what a
+    backend must support): ``kind`` itself, or the recipe's own when ``kind`` is a test-time attack."""
+    return config.attack.kind if config.searches_evasion else kind
+
+
+def cell(rule: "SafetyRule", attack: str, delta: float, hits: Sequence[int], backend: str,
+         reference: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """One (attack, budget) cell from its runs' test hit counts (and, for an evasion rule, their
+    own clean counts): the unsafe count and fraction, the 95 % Clopper-Pearson interval and the
+    median accuracy. ``verify`` rebuilds every cell with this function from the stored counts."""
     h = np.asarray(hits, dtype=np.int64)
-    unsafe = int(rule.unsafe(h).sum())
+    ref = np.asarray(reference, dtype=np.int64) if rule.own_reference else None
+    unsafe = int(rule.unsafe(h, ref).sum())
     return {"attack": attack, "delta": float(delta), "n": int(h.size), "unsafe": unsafe, "fraction": unsafe / h.size,
             "interval_95": clopper_pearson(unsafe, int(h.size)), "median_accuracy": float(np.median(h) / rule.test_size),
-            "backend": backend, "hits": h.tolist()}
+            "backend": backend, "hits": h.tolist(), "reference_hits": None if ref is None else ref.tolist()}
 
 
 def measure(configs: Dict[str, SampleConfig], records: Dict[str, Any], deltas: Sequence[float], seeds: np.ndarray,
@@ -68,7 +91,8 @@ def measure(configs: Dict[str, SampleConfig], records: Dict[str, Any], deltas: S
             tic = time.perf_counter()
             runs = sample(config, delta, seeds, data=data, backend=records[kind], device=device, progress=progress,
                           description=f"{kind} δ={delta:g}")
-            rows.append({**cell(rule, kind, delta, runs.test_hits, runs.meta["backend"]), "seconds": time.perf_counter() - tic})
+            rows.append({**cell(rule, kind, delta, runs.test_hits, runs.meta["backend"], runs.reference_hits),
+                         "seconds": time.perf_counter() - tic})
             log.info("%s δ = %g: %d of %d runs unsafe [%.1f s]", kind, delta, rows[-1]["unsafe"], runs.n, rows[-1]["seconds"])
     return rows
 
@@ -91,8 +115,14 @@ def probed_budgets(probes: Sequence[Dict[str, Any]]) -> List[float]:
 def certificate_attacks(config: "CertifyConfig") -> List[str]:
     """The attacks of a certificate's δ_emp: its own sampling attack first (measured like the
     others, so the comparison is on equal terms), then ``emp_attacks``."""
-    own = config.sample.attack.kind
+    own = own_attack(config.sample)
     return [own] + [kind for kind in config.emp_attacks or () if kind != own]
+
+
+def own_attack(config: SampleConfig) -> str:
+    """The attack a certificate is relative to: the test-time attack when the search runs over
+    δ', the sampling attack otherwise."""
+    return config.evasion.attack if config.searches_evasion else config.attack.kind
 
 
 def certificate_cells(config: "CertifyConfig", deltas: Sequence[float], rule: "SafetyRule", data: Any,
@@ -103,29 +133,29 @@ def certificate_cells(config: "CertifyConfig", deltas: Sequence[float], rule: "S
     return measure(attack_configs(config.sample, list(records)), records, deltas, seeds, rule, data, device, progress)
 
 
-def comparison(delta_cert: Optional[float], sampling_attack: str, rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """How the sampling attack compares with every attack tried, in one of three verdicts:
+def comparison(delta_cert: Optional[float], certified_attack: str, rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """How the certificate's attack (the sampling attack, or the test-time one) compares with every attack tried, in one of three verdicts:
     ``broken`` (another attack made a run unsafe at a budget ≤ δ_cert: the certificate holds only
     for its own attack), ``strongest`` (no attack tried breaks the recipe at a smaller budget than
-    the sampling attack) or ``stronger`` (one does, but only above δ_cert)."""
+    the certified attack) or ``stronger`` (one does, but only above δ_cert)."""
     radii = delta_emp(rows)
-    own = radii[sampling_attack]
-    others = {kind: d for kind, d in radii.items() if kind != sampling_attack and d is not None}
+    own = radii[certified_attack]
+    others = {kind: d for kind, d in radii.items() if kind != certified_attack and d is not None}
     first = min(others, key=lambda kind: others[kind]) if others else None
     if first is not None and delta_cert is not None and others[first] <= delta_cert:
         cell_ = next(r for r in rows if r["attack"] == first and r["delta"] == others[first])
         return {"verdict": "broken", "attack": first, "delta": others[first],
                 "text": f"a stronger attack breaks the recipe at δ = {others[first]:.4g} ≤ δ_cert = {delta_cert:.4g} "
                         f"('{first}': {cell_['unsafe']} of {cell_['n']} runs unsafe): the certificate holds only for the "
-                        f"named attack '{sampling_attack}'"}
+                        f"named attack '{certified_attack}'"}
     if first is None or (own is not None and own <= others[first]):
         return {"verdict": "strongest", "attack": None, "delta": None,
-                "text": f"the sampling attack '{sampling_attack}' is at least as strong as every attack tried: none made a "
+                "text": f"the certified attack '{certified_attack}' is at least as strong as every attack tried: none made a "
                         "run unsafe at a smaller probed budget"}
     where = f"above δ_cert = {delta_cert:.4g}" if delta_cert is not None else "and nothing was certified"
     return {"verdict": "stronger", "attack": first, "delta": others[first],
-            "text": f"'{first}' breaks the recipe at δ = {others[first]:.4g}, a smaller budget than the sampling attack "
-                    f"'{sampling_attack}' does ({'not at all' if own is None else f'{own:.4g}'}), {where}: the "
+            "text": f"'{first}' breaks the recipe at δ = {others[first]:.4g}, a smaller budget than the certified attack "
+                    f"'{certified_attack}' does ({'not at all' if own is None else f'{own:.4g}'}), {where}: the "
                     "certificate stands for its own attack, with less room above it than that attack suggests"}
 
 
@@ -136,7 +166,7 @@ def empirical_record(config: "CertifyConfig", rows: Sequence[Dict[str, Any]], de
     cells = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
     return {"attacks": certificate_attacks(config), "n": config.emp_runs, "deltas": sorted({r["delta"] for r in cells}),
             "rows": cells, "delta_emp": delta_emp(cells),
-            "comparison": comparison(delta_cert, config.sample.attack.kind, cells)}
+            "comparison": comparison(delta_cert, own_attack(config.sample), cells)}
 
 
 def attack_strength(config: SampleConfig, attacks: Sequence[str], deltas: Sequence[float], n: int, n_clean: int,

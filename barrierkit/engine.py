@@ -7,6 +7,7 @@ size never changes a result because every random draw is keyed by a trajectory's
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -23,7 +24,7 @@ from .backends import Backend, StepProblem, TrainState, resolve, torch_dtype
 from .config import SEED_LIMIT, ConfigError, SampleConfig, check_delta
 from .data import Dataset, get_dataset
 from .evasion import check_in_domain, evaluate
-from .features import feature_names
+from .features import RobustnessFeature, feature_names
 from .labels import hits_from_accuracy, name_runs
 from .models import MLPShape, flatten, init_params
 from .rng import Purpose, trajectory_seeds
@@ -72,7 +73,7 @@ def memory_budget_mb(config: SampleConfig, device: torch.device | str = "cpu") -
 def result_bytes(config: SampleConfig, n: int) -> int:
     """Memory the recorded results of ``n`` runs hold at once: features [n, K+1, k] float64 plus
     seeds, hit counts and poison fractions (the chunked training state comes on top)."""
-    return int(n) * ((config.recipe.intervals + 1) * config.features.dim * 8 + 6 * 8)
+    return int(n) * ((config.recipe.intervals + 1) * config.feature_dim * 8 + 6 * 8)
 
 
 def check_memory(config: SampleConfig, n: int, field_name: str = "n") -> None:
@@ -114,9 +115,13 @@ def sample(
 ) -> Trajectories:
     """Run one training trajectory per row of ``seeds`` at budget ``delta``; record phi and g.
 
-    Under ``threat_kind = "evasion"`` training is clean, ``delta`` is the test-time budget of
-    ``config.evasion``, ``test_hits`` counts the attacked test set and ``reference_hits`` each
-    run's own clean count (both float64, :func:`barrierkit.evasion.evaluate`).
+    ``delta`` is the searched budget; :meth:`SampleConfig.budgets` says which budget it is. Under
+    ``threat_kind = "evasion"`` training is clean and ``delta`` is the test-time budget δ' of
+    ``config.evasion``; under ``both`` training is poisoned and the test set attacked, one of the
+    two budgets fixed. When the test set is attacked, ``test_hits`` counts the attacked test set,
+    ``reference_hits`` each run's own clean count (both float64,
+    :func:`barrierkit.evasion.evaluate`) and φ has the robustness entry
+    (:class:`barrierkit.features.RobustnessFeature`).
 
     ``backend`` is a record from :func:`barrierkit.backends.resolve` or a name resolved here
     (default: the torch reference on the CPU, the engine's slow readable path; ``certify`` and
@@ -136,8 +141,8 @@ def sample(
     recipe = config.recipe
     dtype = torch_dtype(recipe.dtype)
     shape = MLPShape.from_spec(config.model, data.input_dim, data.n_classes)
-    evading = config.threat_kind == "evasion"  # delta is the test-time budget; training is clean
-    train_delta = 0.0 if evading else delta
+    train_delta, test_delta = config.budgets(delta)
+    evading = test_delta is not None  # the trained models' test points are attacked at test_delta
     if evading:  # before any training
         check_in_domain(data.x_test, config.threat.domain)
     poisoning = train_delta > 0 and config.threat.rho > 0
@@ -157,6 +162,8 @@ def sample(
     x_test = torch.as_tensor(data.x_test, dtype=torch.float64, device=device)
     y_test = torch.as_tensor(data.y_test, device=device)
     fmap = backend.feature_map(config.features, shape, data, device=device)
+    if evading:
+        fmap = RobustnessFeature(fmap, config.features, data, config.evasion, test_delta, config.threat.domain, device)
     K, r = recipe.intervals, recipe.record_every
     features = np.empty((n, K + 1, fmap.dim), dtype=np.float64)
     test_acc = np.empty(n, dtype=np.float64)
@@ -180,7 +187,7 @@ def sample(
             features[lo:hi, 0] = fmap(params, theta0).cpu().numpy()
             timings["features_s"] += time.perf_counter() - tic
             problem = StepProblem.from_config(config, x_train, y_train, s, train_delta, directions, chosen)
-            if not evading:  # an evasion run poisons no training point
+            if config.threat_kind != "evasion":  # an evasion run poisons no training point
                 fraction[lo:hi] = problem.poison.point_mask.to(torch.float64).mean(dim=1).cpu().numpy()
             state = TrainState(params)
             for k in range(1, K + 1):
@@ -197,7 +204,7 @@ def sample(
                 bar.update((hi - lo) * r)
             tic = time.perf_counter()
             if evading:  # the runs' own clean and attacked counts, float64 (barrierkit.evasion)
-                counts = evaluate(state.params, x_test, y_test, s[:, 1], config.evasion, delta, config.threat.domain)
+                counts = evaluate(state.params, x_test, y_test, s[:, 1], config.evasion, test_delta, config.threat.domain)
                 evasion_hits[:, lo:hi] = torch.stack(counts).cpu().numpy()
             else:
                 test_acc[lo:hi] = fmap.accuracy(state.params, x_test, y_test).cpu().numpy()
@@ -217,11 +224,11 @@ def sample(
         log.warning("training diverges: parameters moved up to %.3g from their initial values (||theta - theta(0)||); "
                     "the results describe an exploding recipe: lower the learning rate", drift)
     meta = {
-        "config": config.to_dict(), "delta": delta, "backend": backend.name, "backend_meta": backend.describe(),
+        "config": config.to_dict(), "delta": delta, "budgets": {"poisoning": train_delta, "evasion": test_delta}, "backend": backend.name, "backend_meta": backend.describe(),
         "fallbacks": sorted(fallbacks), "features_by": fmap.name,
         "device": str(device),
         "dtype": recipe.dtype, "dataset": data.name, "data_hash": data.content_hash, "model_hash": shape.spec_hash,
-        "param_count": shape.param_count, "feature_names": feature_names(config.features), "seed_columns": list(SEED_COLUMNS),
+        "param_count": shape.param_count, "feature_names": feature_names(config.features, evading), "seed_columns": list(SEED_COLUMNS),
         "chunk": size, "timings": timings, "versions": versions(),
     }
     meta = json.loads(json.dumps(meta))  # exactly what a saved file loads back (lists, not tuples)
@@ -230,9 +237,12 @@ def sample(
 
 
 def clean_runs(config: SampleConfig, n_clean: int, master_seed: int, **kwargs) -> Trajectories:
-    """``n_clean`` clean runs (delta = 0): their median test hit count defines g_c
-    (:meth:`barrierkit.labels.SafetyRule.from_clean_hits`)."""
-    return sample(config, 0.0, trajectory_seeds(master_seed, Purpose.CLEAN, n_clean), description="clean runs", **kwargs)
+    """``n_clean`` clean runs: the recipe with no poisoned training point and no attacked test
+    point, whatever the threat kind. Their median test hit count defines g_c
+    (:meth:`barrierkit.labels.SafetyRule.from_clean_hits`), so under ``both`` G counts the damage
+    of the two attacks together."""
+    clean = dataclasses.replace(config, threat_kind="poisoning", search_budget="poisoning", fixed_budget=None)
+    return sample(clean, 0.0, trajectory_seeds(master_seed, Purpose.CLEAN, n_clean), description="clean runs", **kwargs)
 
 
 __all__ = ["sample", "clean_runs", "trajectory_seeds", "chunk_size", "bytes_per_trajectory", "memory_budget_mb"]

@@ -1,6 +1,8 @@
 """The feature map phi recorded at every recorded state (docs/METHOD.md §1), in float64.
 
-phi(theta) = [P (theta - theta_bar_0), probe loss, probe accuracy, ||theta - theta(0)||_2] with
+phi(theta) = [P (theta - theta_bar_0), probe loss, probe accuracy, ||theta - theta(0)||_2] (and,
+when the test set is attacked, the fraction of probe points the interval bound proves robust at
+the test-time budget: :class:`RobustnessFeature`) with
 theta_bar_0 = 0 (the mean of the symmetric initialisation) and P a seeded Rademacher matrix
 [projection_dim, d] scaled by 1/sqrt(d): entry (r, j) is +-1/sqrt(d) from bit (r*d + j) % 32
 of the Philox stream PROJECTION. The probe set is ``probe_size`` clean training points chosen by
@@ -13,14 +15,20 @@ from typing import List
 import numpy as np
 import torch
 
-from .config import FeatureSpec
+from .config import EvasionThreat, FeatureSpec
 from .data import Dataset
+from .evasion import proven_fraction
 from .models import MLPShape, Params, flatten, in_fixed_blocks, loss_and_accuracy
 from .rng import Stream, bits_numpy
 
 
-def feature_names(spec: FeatureSpec) -> List[str]:
-    return [f"proj{r}" for r in range(spec.projection_dim)] + ["probe_loss", "probe_acc", "drift"]
+ROBUSTNESS_FEATURE = "probe_ibp_robust"
+
+
+def feature_names(spec: FeatureSpec, attacked_test: bool = False) -> List[str]:
+    """The names of φ's entries, in order (``attacked_test``: with the robustness entry)."""
+    names = [f"proj{r}" for r in range(spec.projection_dim)] + ["probe_loss", "probe_acc", "drift"]
+    return names + ([ROBUSTNESS_FEATURE] if attacked_test else [])
 
 
 def projection_matrix(spec: FeatureSpec, d: int) -> np.ndarray:
@@ -82,3 +90,32 @@ class FeatureMap:
         """[N] float64 accuracy of each model on (x, y) (the engine's terminal test accuracy), in
         the same fixed blocks of models as the features."""
         return in_fixed_blocks(lambda *ps: loss_and_accuracy(list(ps), x, y)[1], [p.to(torch.float64) for p in params])
+
+
+class RobustnessFeature:
+    """A feature map with one more entry: the fraction of the probe points that interval bound
+    propagation proves robust at the test-time budget δ' (norm and domain of the evasion threat).
+
+    Under a test-time threat the training dynamics do not depend on δ', so without an entry that
+    does, every probe's states would be the same and no barrier could tell a state that is unsafe
+    at δ' from one that is not (docs/METHOD.md §3). This entry is cheap (two interval passes over
+    the probe points per recorded state), deterministic and computed in float64 on any backend."""
+
+    def __init__(self, base, spec: FeatureSpec, data: Dataset, threat: EvasionThreat, delta: float,
+                 domain: tuple, device="cpu"):
+        self.base, self.name = base, base.name
+        self.delta, self.norm, self.domain = float(delta), threat.norm, tuple(domain)
+        idx = probe_indices(spec, data.x_train.shape[0])
+        self.probe_x = torch.as_tensor(data.x_train[idx], dtype=torch.float64, device=device)
+        self.probe_y = torch.as_tensor(data.y_train[idx], device=device)
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim + 1
+
+    def __call__(self, params: Params, theta0: torch.Tensor) -> torch.Tensor:
+        robust = proven_fraction(params, self.probe_x, self.probe_y, self.delta, self.norm, self.domain)
+        return torch.cat([self.base(params, theta0), robust[:, None]], dim=1)
+
+    def accuracy(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.base.accuracy(params, x, y)

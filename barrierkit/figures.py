@@ -45,18 +45,19 @@ class Figure:
     budgets: Dict[str, float] = field(default_factory=dict)  # label -> δ, drawn as vertical lines
     rate: Optional[float] = None  # the certificate's ε, drawn as a horizontal line
     rate_label: str = ""
+    budget_symbol: str = "δ"  # δ′ when the budget is the test-time one
 
 
 def series_from_rows(rows: Sequence[Dict[str, Any]], own: Optional[str] = None) -> List[Series]:
     """One series per attack from cells with ``attack``, ``delta``, ``unsafe`` and ``n`` (the
-    order of first appearance; ``own`` is labelled as the sampling attack)."""
+    order of first appearance; ``own`` is labelled as the certified attack)."""
     by_attack: Dict[str, List[Dict[str, Any]]] = {}
     for r in rows:
         by_attack.setdefault(r["attack"], []).append(r)
     out = []
     for attack, cells in by_attack.items():
         cells = sorted(cells, key=lambda r: r["delta"])
-        out.append(Series(f"{attack} (sampling attack)" if attack == own else attack, [float(r["delta"]) for r in cells],
+        out.append(Series(f"{attack} (certified attack)" if attack == own else attack, [float(r["delta"]) for r in cells],
                           [int(r["unsafe"]) for r in cells], [int(r["n"]) for r in cells]))
     return out
 
@@ -64,24 +65,29 @@ def series_from_rows(rows: Sequence[Dict[str, Any]], own: Optional[str] = None) 
 def certificate_figure(doc: Dict[str, Any]) -> Figure:
     """The plot of a certificate: its δ_emp cells when it has them, else its probes' verification
     runs; δ_cert and δ_direct (where they exist) and ε at δ_cert marked."""
-    own = doc["config"]["sample"]["attack"]["kind"]
+    from .report import certified_attack, searched_threat, searches_evasion
+
+    own = certified_attack(doc)
+    symbol = "δ′" if searches_evasion(doc) else "δ"
     emp = doc.get("empirical")
     if emp is not None:
         series = series_from_rows(emp["rows"], own)
     else:
         probes = sorted(doc["probes"], key=lambda p: p["delta"])
-        series = [Series(f"{own} (sampling attack, verification runs)", [float(p["delta"]) for p in probes],
+        series = [Series(f"{own} (certified attack, verification runs)", [float(p["delta"]) for p in probes],
                          [int(p["n_unsafe_verify"]) for p in probes], [int(p["n_verify"]) for p in probes])]
     radii = doc["radii"]
-    budgets = {f"δ_{name} = {radii['delta_' + name]:.4g}": float(radii["delta_" + name])
+    budgets = {f"{symbol}_{name} = {radii['delta_' + name]:.4g}": float(radii["delta_" + name])
                for name in ("cert", "direct") if radii["delta_" + name] is not None}
-    threat = doc["config"]["sample"]["threat"]
+    threat = searched_threat(doc)
     norm = "ℓ∞" if threat["norm"] == "inf" else "ℓ2"
-    title = (f"{doc['status']}: {doc['config']['sample']['dataset']}, ρ = {threat['rho']:g}, {norm}, "
+    rho = "ρ′" if searches_evasion(doc) else "ρ"
+    title = (f"{doc['status']}: {doc['config']['sample']['dataset']}, {rho} = {threat['rho']:g}, {norm}, "
              f"α = {doc['config']['alpha']:g}")
     certified = radii["delta_cert"] is not None
     return Figure(title, series, budgets, rate=float(doc["epsilon"]) if certified else None,
-                  rate_label=f"ε = {doc['epsilon']:.3g} (bound at δ_cert)" if certified else "")
+                  rate_label=f"ε = {doc['epsilon']:.3g} (bound at {symbol}_cert)" if certified else "",
+                  budget_symbol=symbol)
 
 
 def strength_figure(result: Dict[str, Any]) -> Figure:
@@ -117,7 +123,7 @@ def png_bytes(figure: Figure) -> bytes:
         ax.axvline(delta, color="black", linestyle=style, linewidth=1.0, label=label)
     if figure.rate is not None:
         ax.axhline(figure.rate, color="grey", linestyle=":", linewidth=1.0, label=figure.rate_label)
-    ax.set_xlabel("poisoning budget δ")
+    ax.set_xlabel("test-time budget δ′" if figure.budget_symbol == "δ′" else "poisoning budget δ")
     ax.set_ylabel("unsafe fraction (95% Clopper–Pearson)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(figure.title, fontsize=10)

@@ -98,6 +98,7 @@ class SafetyRule:
     clean_hits_x2: int  # twice the median clean hit count
     test_size: int  # P, the points of the test set every accuracy counts over
     alpha: float
+    own_reference: bool = False  # evasion: each run is judged against its own clean count, not g_c
 
     def __post_init__(self) -> None:
         P = _check_size(self.test_size)
@@ -112,8 +113,15 @@ class SafetyRule:
         object.__setattr__(self, "alpha", float(self.alpha))
 
     @classmethod
-    def from_clean_hits(cls, clean_hits: Sequence[int], test_size: int, alpha: float) -> "SafetyRule":
-        return cls(median_hits_x2(check_hits(clean_hits, test_size, "clean hits")), test_size, alpha)
+    def from_clean_hits(cls, clean_hits: Sequence[int], test_size: int, alpha: float,
+                        own_reference: bool = False) -> "SafetyRule":
+        return cls(median_hits_x2(check_hits(clean_hits, test_size, "clean hits")), test_size, alpha, own_reference)
+
+    @classmethod
+    def for_threat(cls, threat_kind: str, clean_hits: Sequence[int], test_size: int, alpha: float) -> "SafetyRule":
+        """The rule a threat kind labels with: against g_c, or (evasion) against each run's own
+        clean count."""
+        return cls.from_clean_hits(clean_hits, test_size, alpha, own_reference=threat_kind == "evasion")
 
     @property
     def clean_median_hits(self) -> float:
@@ -131,15 +139,29 @@ class SafetyRule:
         limit = Fraction(self.clean_hits_x2, 2) - exact_alpha(self.alpha) * self.test_size
         return math.ceil(limit) - 1
 
-    def unsafe(self, hits: Any) -> np.ndarray:
-        """u_i = [G_i > alpha], exactly, for hit counts [N]."""
+    def unsafe(self, hits: Any, reference: Any = None) -> np.ndarray:
+        """u_i = [G_i > alpha], exactly, for hit counts [N]; with ``own_reference`` G_i is measured
+        from ``reference`` [N], each run's own clean count (otherwise ``reference`` is not used)."""
+        if self.own_reference:
+            return evasion_unsafe(self._reference(reference), hits, self.test_size, self.alpha)
         return check_hits(hits, self.test_size) <= self.max_unsafe_hits
 
-    def accuracy_drop(self, hits: Any) -> np.ndarray:
-        """G_i = g_c - g_i in float64 (the exact rational, correctly rounded): for reports only;
-        labels come from :meth:`unsafe`."""
+    def unsafe_runs(self, runs: Any) -> np.ndarray:
+        """:meth:`unsafe` of a batch of runs (anything with ``test_hits`` and ``reference_hits``)."""
+        return self.unsafe(runs.test_hits, runs.reference_hits)
+
+    def accuracy_drop(self, hits: Any, reference: Any = None) -> np.ndarray:
+        """G_i = g_c - g_i (with ``own_reference``: reference_i / P - g_i) in float64, the exact
+        rational correctly rounded: for reports only; labels come from :meth:`unsafe`."""
         h = check_hits(hits, self.test_size)
+        if self.own_reference:
+            return (self._reference(reference) - h) / self.test_size
         return (self.clean_hits_x2 - 2 * h) / (2 * self.test_size)
+
+    def _reference(self, reference: Any) -> np.ndarray:
+        if reference is None:
+            raise ValueError("reference_hits: an evasion label needs each run's own clean hit count")
+        return check_hits(reference, self.test_size, "reference_hits")
 
     def near_chance(self, chance_hits: int) -> bool:
         """True when a model no better than always predicting the majority class (``chance_hits``

@@ -16,7 +16,7 @@ from . import pac
 from .labels import SafetyRule
 
 SPLITS = ("verify", "train")  # the order a witness is looked for in
-PROBE_FIELDS = ("index", "delta", "beta", "n_train", "n_verify", "hits", "n_unsafe_train", "n_unsafe_verify",
+PROBE_FIELDS = ("index", "delta", "beta", "n_train", "n_verify", "hits", "reference_hits", "n_unsafe_train", "n_unsafe_verify",
                 "verify_accuracy_drop", "direct", "poison_fraction_mean", "witness", "verdict", "barrier", "epsilon", "d",
                 "status", "reason")
 """Every field of a probe record."""
@@ -30,9 +30,18 @@ VERDICT_FIELDS = ("solver", "solver_status", "fell_back", "w", "gamma", "c", "c_
 BARRIER_FIELDS = ("train_loss", "train_violations", "out_dim", "trunk")
 
 
-def drop_summary(rule: SafetyRule, hits: Sequence[int]) -> Dict[str, float]:
+References = Optional[Dict[str, Sequence[int]]]
+"""Each split's own clean hit counts, which an evasion rule (``own_reference``) judges against;
+None for a rule that judges against g_c."""
+
+
+def _split(reference: References, split: str) -> Optional[np.ndarray]:
+    return None if reference is None else np.asarray(reference[split], dtype=np.int64)
+
+
+def drop_summary(rule: SafetyRule, hits: Sequence[int], reference: Optional[Sequence[int]] = None) -> Dict[str, float]:
     """min, median, q95, max and mean of the accuracy drop G over runs (for reports)."""
-    g = rule.accuracy_drop(np.asarray(hits, dtype=np.int64))
+    g = rule.accuracy_drop(np.asarray(hits, dtype=np.int64), reference)
     q = np.quantile(g, [0.0, 0.5, 0.95, 1.0])
     return {"min": float(q[0]), "median": float(q[1]), "q95": float(q[2]), "max": float(q[3]), "mean": float(np.mean(g))}
 
@@ -44,38 +53,44 @@ def direct_bound(n_unsafe: int, n: int, beta: float, epsilon_requested: float) -
     return {"n": int(n), "d": 1, "epsilon": eps, "passed": bool(n_unsafe == 0 and eps <= epsilon_requested)}
 
 
-def label_fields(rule: SafetyRule, hits: Dict[str, Sequence[int]], beta: float, epsilon_requested: float) -> Dict[str, Any]:
+def label_fields(rule: SafetyRule, hits: Dict[str, Sequence[int]], beta: float, epsilon_requested: float,
+                 reference: References = None) -> Dict[str, Any]:
     """The counts and summaries a probe record derives from its runs' hit counts."""
-    u = {split: rule.unsafe(np.asarray(hits[split], dtype=np.int64)) for split in SPLITS}
+    u = {split: rule.unsafe(np.asarray(hits[split], dtype=np.int64), _split(reference, split)) for split in SPLITS}
     n_all = len(hits["train"]) + len(hits["verify"])
     n_unsafe = int(u["train"].sum() + u["verify"].sum())
     return {
         "n_unsafe_train": int(u["train"].sum()), "n_unsafe_verify": int(u["verify"].sum()),
-        "verify_accuracy_drop": drop_summary(rule, hits["verify"]),
+        "verify_accuracy_drop": drop_summary(rule, hits["verify"], _split(reference, "verify")),
         "direct": direct_bound(n_unsafe, n_all, beta, epsilon_requested),
     }
 
 
-def first_unsafe(rule: SafetyRule, hits: Dict[str, Sequence[int]]) -> Optional[Tuple[str, int]]:
+def first_unsafe(rule: SafetyRule, hits: Dict[str, Sequence[int]], reference: References = None) -> Optional[Tuple[str, int]]:
     """(split, index) of the witness: the first unsafe verification run, else the first unsafe
     training run; None when every run is safe."""
     for split in SPLITS:
-        u = np.flatnonzero(rule.unsafe(np.asarray(hits[split], dtype=np.int64)))
+        u = np.flatnonzero(rule.unsafe(np.asarray(hits[split], dtype=np.int64), _split(reference, split)))
         if u.size:
             return split, int(u[0])
     return None
 
 
 def witness_record(rule: SafetyRule, split: str, index: int, hits: int, seeds: Sequence[int], delta: float,
-                   backend: str) -> Dict[str, Any]:
-    """A replayable unsafe run: which run, its seeds, the backend that ran it, what it ended with."""
+                   backend: str, reference_hits: Optional[int] = None) -> Dict[str, Any]:
+    """A replayable unsafe run: which run, its seeds, the backend that ran it, what it ended with
+    (with an evasion rule, also its own clean count, which its drop is measured from)."""
     init, poison, schedule = (int(s) for s in seeds)
-    return {
+    reference = None if reference_hits is None else np.array([reference_hits])
+    record = {
         "delta": float(delta), "backend": backend, "split": split, "index": int(index),
         "seeds": {"init": init, "poison": poison, "schedule": schedule},
         "test_hits": int(hits), "test_accuracy": float(hits / rule.test_size),
-        "accuracy_drop": float(rule.accuracy_drop(np.array([hits]))[0]),
+        "accuracy_drop": float(rule.accuracy_drop(np.array([hits]), reference if rule.own_reference else None)[0]),
     }
+    if rule.own_reference:
+        record["reference_hits"] = int(reference_hits)
+    return record
 
 
 def training_split_consistency(n_unsafe: int, n: int, epsilon: float, beta: float) -> Dict[str, Any]:

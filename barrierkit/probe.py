@@ -83,7 +83,7 @@ class Certification:
         unsafe states from a slightly larger budget are much the same, which is why ``heavy`` is
         the default.
         """
-        k = self.config.sample.features.dim
+        k = self.config.sample.feature_dim
         parts = [states for budget, states in self.pool if in_pool(self.config.pool_states, budget, delta)]
         return np.concatenate(parts) if parts else np.empty((0, k))
 
@@ -111,19 +111,21 @@ def run_probe(ctx: Certification, delta: float, index: int) -> Dict[str, Any]:
                               f"probe {index + 1} δ={delta:.4g} {split}") for split in ("train", "verify")}
     train, verify = runs["train"], runs["verify"]
     hits = {split: runs[split].test_hits for split in ("train", "verify")}
-    u_train, u_verify = ctx.rule.unsafe(hits["train"]), ctx.rule.unsafe(hits["verify"])
+    reference = {split: runs[split].reference_hits for split in ("train", "verify")} if ctx.rule.own_reference else None
+    u_train, u_verify = ctx.rule.unsafe_runs(train), ctx.rule.unsafe_runs(verify)
     record: Dict[str, Any] = {
         "index": index, "delta": float(delta), "beta": beta_probe, "n_train": train.n, "n_verify": verify.n,
         "hits": {split: h.tolist() for split, h in hits.items()},
-        **label_fields(ctx.rule, hits, beta_probe, cfg.epsilon),
+        "reference_hits": None if reference is None else {split: h.tolist() for split, h in reference.items()},
+        **label_fields(ctx.rule, hits, beta_probe, cfg.epsilon, reference),
         "poison_fraction_mean": float(verify.poison_fraction.mean()),
         "witness": None, "verdict": None, "barrier": None, "epsilon": None, "d": cfg.decision_variables,
     }
-    found = first_unsafe(ctx.rule, hits)
+    found = first_unsafe(ctx.rule, hits, reference)
     if found is not None:
         split, i = found
         record["witness"] = witness_record(ctx.rule, split, i, int(hits[split][i]), runs[split].seeds[i], delta,
-                                           runs[split].meta["backend"])
+                                           runs[split].meta["backend"], None if reference is None else int(reference[split][i]))
     # the training split's unsafe terminal states join the pool for later probes at smaller budgets;
     # training splits are independent of every verification split
     if u_train.any():

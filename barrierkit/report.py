@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .config import ATTACK_DESCRIPTIONS, SUBSET_RULES
+from .config import ATTACK_DESCRIPTIONS, EVASION_ATTACKS, SUBSET_RULES
 
 
 def _norm(threat: Dict[str, Any]) -> str:
@@ -24,19 +24,45 @@ def poisoned_points(threat: Dict[str, Any]) -> str:
     return f"whose training points are each poisoned with probability ρ = {threat['rho']:g}"
 
 
+def searches_evasion(doc: Dict[str, Any]) -> bool:
+    """Whether the document's radius is the test-time budget δ′."""
+    return doc["threat_model"]["searched"] == "evasion"
+
+
+def perturbed_test_points(evasion: Dict[str, Any], budget: str) -> str:
+    """How the guarantee's trained models are attacked at test time, in words."""
+    if evasion["attack"] == "ibp":
+        how = ("judged by interval bound propagation, which counts every perturbed point it cannot prove robust as "
+               "flipped: a bound on every test-time attack")
+    else:
+        how = f"by the '{evasion['attack']}' test-time attack"
+    return (f"whose test points are then each perturbed with probability ρ′ = {evasion['rho']:g} within the "
+            f"{_norm(evasion)} budget {budget} ({how})")
+
+
 def guarantee_sentence(doc: Dict[str, Any]) -> str:
     """The guarantee in one sentence (or why there is none)."""
-    cfg, radii = doc["config"], doc["radii"]
-    threat, attack = cfg["sample"]["threat"], cfg["sample"]["attack"]
+    cfg, radii, tm = doc["config"], doc["radii"], doc["threat_model"]
     if doc["status"] != "CERTIFIED":
         return f"No budget was certified ({doc['status']}): {doc['reason']}"
-    where = f"the {_norm(threat)} budget δ = {radii['delta_cert']:.4g}" + (" (the whole input domain)" if radii["whole_domain"] else "")
-    return (
-        f"With confidence at least {1 - cfg['beta']:.6g} over the sampled verification runs, a fresh training run "
-        f"of this recipe {poisoned_points(threat)} by the "
-        f"'{attack['kind']}' sampling attack at {where} ends with an accuracy drop G = g_c − g ≤ α = {cfg['alpha']:g} "
-        f"(g_c = {doc['g_clean']:.4f}) with probability at least 1 − ε = {1 - doc['epsilon']:.4g}."
-    )
+    whole = " (the whole input domain)" if radii["whole_domain"] else ""
+    opening = f"With confidence at least {1 - cfg['beta']:.6g} over the sampled verification runs, a fresh "
+    closing = f" with probability at least 1 − ε = {1 - doc['epsilon']:.4g}."
+    if tm["kind"] == "evasion":
+        budget = f"δ′ = {radii['delta_cert']:.4g}{whole}"
+        return (opening + f"clean training run of this recipe, {perturbed_test_points(tm['evasion'], budget)}, "
+                f"loses at most α = {cfg['alpha']:g} of its own test accuracy (G′ = g − g_attacked ≤ α)" + closing)
+    delta, delta_test = radii["delta_cert"], None
+    if tm["kind"] == "both":
+        delta, delta_test = (tm["fixed_budget"], radii["delta_cert"]) if searches_evasion(doc) else (radii["delta_cert"], tm["fixed_budget"])
+    poisoning = tm["poisoning"]
+    where = f"the {_norm(poisoning)} budget δ = {delta:.4g}" + ("" if tm["kind"] == "both" and searches_evasion(doc) else whole)
+    attacked = "" if delta_test is None else (
+        ", " + perturbed_test_points(tm["evasion"], f"δ′ = {delta_test:.4g}" + (whole if searches_evasion(doc) else "")) + ",")
+    measured = "g_c − g" if delta_test is None else "g_c − g_attacked"
+    return (opening + f"training run of this recipe {poisoned_points(poisoning)} by the "
+            f"'{poisoning['sampling_attack']['kind']}' sampling attack at {where}{attacked} ends with an accuracy drop "
+            f"G = {measured} ≤ α = {cfg['alpha']:g} (g_c = {doc['g_clean']:.4f})" + closing)
 
 
 NOT_MEANT = [
@@ -51,6 +77,42 @@ NOT_MEANT = [
     "It holds at the probed budget; smaller budgets are covered only if robustness is monotone in δ, which the "
     "bisection assumes but does not prove.",
 ]
+
+
+EVASION_NOT_MEANT = (
+    "It bounds the chance of an unsafe outcome under the named test-time attack only; PGD and random draws are "
+    "heuristics, and a stronger attack may flip points they did not (a certificate judged by the interval bound, "
+    "--evasion-attack ibp, covers every perturbation in the ball).")
+SOUND_EVASION_NOT_MEANT = (
+    "Its test-time side is worst case (the interval bound covers every perturbation in the ball of every perturbed "
+    "point), but which points are perturbed is drawn with probability ρ′, and the training side is still sampled.")
+
+
+def not_meant(doc: Dict[str, Any]) -> List[str]:
+    """What the certificate does not mean, for its threat kind."""
+    tm = doc["threat_model"]
+    lines = list(NOT_MEANT) if tm["kind"] != "evasion" else NOT_MEANT[1:]
+    if tm["kind"] != "poisoning":
+        lines.insert(0, SOUND_EVASION_NOT_MEANT if tm["evasion"]["attack"] == "ibp" else EVASION_NOT_MEANT)
+    return lines
+
+
+def certified_attack(doc: Dict[str, Any]) -> str:
+    """The attack the radius is relative to: the test-time one when δ′ was searched, else the
+    sampling attack."""
+    tm = doc["threat_model"]
+    return tm["evasion"]["attack"] if searches_evasion(doc) else tm["poisoning"]["sampling_attack"]["kind"]
+
+
+def searched_threat(doc: Dict[str, Any]) -> Dict[str, Any]:
+    """The threat table of the searched budget (its norm and rho)."""
+    tm = doc["threat_model"]
+    return tm["evasion"] if searches_evasion(doc) else tm["poisoning"]
+
+
+def in_searched_budget(doc: Dict[str, Any], lines: List[str]) -> List[str]:
+    """Report lines about the searched budget, written with δ′ when that budget is the test-time one."""
+    return [line.replace("δ", "δ′") for line in lines] if searches_evasion(doc) else lines
 
 
 def _probe_at(doc: Dict[str, Any], delta: Optional[float]) -> Optional[Dict[str, Any]]:
@@ -97,7 +159,7 @@ def radii_lines(doc: Dict[str, Any]) -> List[str]:
 def empirical_lines(doc: Dict[str, Any]) -> List[str]:
     """δ_emp of every attack tried beside δ_cert and δ_direct, the unsafe counts behind each, and
     the comparison; without --emp, that no other attack was tried."""
-    own = doc["config"]["sample"]["attack"]["kind"]
+    own = certified_attack(doc)
     emp = doc.get("empirical")
     if emp is None:
         return [f"No other attack was tried: this radius is relative to '{own}' alone (certify --emp measures δ_emp "
@@ -111,7 +173,7 @@ def empirical_lines(doc: Dict[str, Any]) -> List[str]:
              "(the same seeds for every attack; unsafe counts with 95% Clopper–Pearson intervals):"]
     for kind in emp["attacks"]:
         cells = [r for r in emp["rows"] if r["attack"] == kind]
-        label = f"{kind} (sampling attack)" if kind == own else kind
+        label = f"{kind} (certified attack)" if kind == own else kind
         lines.append(f"  {label:28s} δ_emp = {text(emp['delta_emp'][kind]):8s} "
                      + ", ".join(f"{r['delta']:.4g}: {r['unsafe']} [{r['interval_95'][0]:.3f}, {r['interval_95'][1]:.3f}]"
                                  for r in cells))
@@ -123,19 +185,29 @@ def empirical_lines(doc: Dict[str, Any]) -> List[str]:
 
 def summary_text(doc: Dict[str, Any]) -> str:
     """The plain-text report: guarantee, attack, radii, probes, context, warnings, what it does not mean."""
-    attack = doc["config"]["sample"]["attack"]
-    lines = [f"barrierkit certificate: {doc['status']}", "", guarantee_sentence(doc), "",
-             f"Sampling attack '{attack['kind']}': {ATTACK_DESCRIPTIONS[attack['kind']]}"
-             + (f"; each poisoned point's direction flipped with probability {attack['sign_noise']:g}"
-                if attack["kind"] == "gradient" and attack["sign_noise"] > 0 else "") + ".",
-             f"Subset rule '{subset_rule(doc['config']['sample']['threat'])}': "
-             f"{SUBSET_RULES[subset_rule(doc['config']['sample']['threat'])]}.", ""]
-    lines += radii_lines(doc)
-    lines += [""] + empirical_lines(doc)
+    tm = doc["threat_model"]
+    lines = [f"barrierkit certificate: {doc['status']}", "", guarantee_sentence(doc), ""]
+    if "poisoning" in tm:
+        attack = tm["poisoning"]["sampling_attack"]
+        lines += [f"Sampling attack '{attack['kind']}': {ATTACK_DESCRIPTIONS[attack['kind']]}"
+                  + (f"; each poisoned point's direction flipped with probability {attack['sign_noise']:g}"
+                     if attack["kind"] == "gradient" and attack["sign_noise"] > 0 else "") + ".",
+                  f"Subset rule '{subset_rule(tm['poisoning'])}': {SUBSET_RULES[subset_rule(tm['poisoning'])]}."]
+    if "evasion" in tm:
+        ev = tm["evasion"]
+        settings = (f" ({ev['steps']} steps of {ev['step_size']:g}·δ′ on the {ev['loss']} loss, {ev['restarts']} random "
+                    "restarts)" if ev["attack"] == "pgd" else "")
+        lines.append(f"Test-time attack '{ev['attack']}'{settings}: {EVASION_ATTACKS[ev['attack']]}.")
+    if tm["kind"] == "both":
+        fixed = "δ′" if not searches_evasion(doc) else "δ"
+        lines.append(f"The search ran over {'δ′' if searches_evasion(doc) else 'δ'}; {fixed} was fixed at {tm['fixed_budget']:g}.")
+    lines.append("")
+    lines += in_searched_budget(doc, radii_lines(doc))
+    lines += [""] + in_searched_budget(doc, empirical_lines(doc))
     lines += ["", "Probes:"]
     for p in doc["probes"]:
         eps = f"ε={p['epsilon']:.4g}" if p.get("epsilon") is not None else "ε=–"
-        lines.append(f"  δ={p['delta']:<8.4g} {p['status']:<12} unsafe {p['n_unsafe_verify']}/{p['n_verify']} verify, "
+        lines.append(f"  {'δ′' if searches_evasion(doc) else 'δ'}={p['delta']:<8.4g} {p['status']:<12} unsafe {p['n_unsafe_verify']}/{p['n_verify']} verify, "
                      f"{p['n_unsafe_train']}/{p['n_train']} train  {eps}  direct {'pass' if p['direct']['passed'] else 'fail'}")
         if (p.get("train_consistency") or {}).get("contradicts"):
             lines.append(f"    the training split contradicts ε: unsafe rate ≥ {p['train_consistency']['rate_lower_bound']:.4g}")
@@ -143,12 +215,12 @@ def summary_text(doc: Dict[str, Any]) -> str:
     if ctx:
         ratio = ctx["radius_over_median_distance"]
         lines += ["", "The radius in context:",
-                  f"  median {_norm(doc['config']['sample']['threat'])} distance from a training point to the nearest "
+                  f"  median {'ℓ∞' if ctx['norm'] == 'inf' else 'ℓ2'} distance from a training point to the nearest "
                   f"differently-labelled one: {ctx['median_nearest_other_class_distance']:.4g}"
-                  + (f" (δ_cert is {ratio:.1%} of it)" if ratio is not None else "")]
+                  + (f" ({'δ′' if searches_evasion(doc) else 'δ'}_cert is {ratio:.1%} of it)" if ratio is not None else "")]
     if doc.get("warnings"):
         lines += ["", "Warnings:"] + [f"  - {w}" for w in doc["warnings"]]
-    lines += ["", "What this does not mean:"] + [f"  - {s}" for s in NOT_MEANT]
+    lines += ["", "What this does not mean:"] + [f"  - {s}" for s in not_meant(doc)]
     return "\n".join(lines)
 
 
@@ -173,7 +245,8 @@ def profile_table(doc: Dict[str, Any]) -> str:
     t = doc["timings"]
     lines.append(f"  sampling (probes and pool; clean runs apart): training steps {t['sampling_train_s']:.2f} s, "
                  f"features phi {t['sampling_features_s']:.2f} s ({doc['features_by']}), "
-                 f"test accuracy {t['sampling_eval_s']:.2f} s")
+                 + (f"attacked test set {t['sampling_eval_s']:.2f} s (the test-time attack on every trained model)"
+                    if doc["threat_model"]["kind"] != "poisoning" else f"test accuracy {t['sampling_eval_s']:.2f} s"))
     tp = doc["throughput"]
     runs, steps = tp["trajectories"], doc["config"]["sample"]["recipe"]["steps"]
     sampling = float(t["clean_s"]) + float(t["sampling_s"])

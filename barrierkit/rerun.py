@@ -33,7 +33,7 @@ from .barrier import Barrier
 from .config import CertifyConfig
 from .context import radius_context
 from .data import get_dataset
-from .empirical import attack_configs
+from .empirical import attack_configs, training_attack
 from .engine import clean_runs, sample
 from .environment import versions
 from .labels import SafetyRule
@@ -104,7 +104,7 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
                         f"certificate names {doc['dataset']} with {doc['data_hash']}")
     device = resolve_device(doc["device"])
     strict = _same_machine(doc)
-    rule = SafetyRule.from_clean_hits(doc["clean_accuracy"]["hits"], doc["test_size"], cfg.alpha)
+    rule = SafetyRule.for_threat(cfg.sample.threat_kind, doc["clean_accuracy"]["hits"], doc["test_size"], cfg.alpha)
     kw = dict(backend=resolve(doc["backend"], device, cfg.sample.recipe.dtype, attack=cfg.sample.attack.kind), device=str(device), progress=progress)
     log.info("replay: %s runs with backend %s on %s", doc["throughput"]["trajectories"], doc["backend"], device)
     clean = clean_runs(cfg.sample, cfg.n_clean, cfg.seed, data=data, **kw)
@@ -117,6 +117,8 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
     ctx = Certification(cfg, data, rule, pool=[], **kw)
     pool = sample_pool(ctx, doc["pool"]["delta"])
     _same_hits("unsafe pool", doc["pool"]["hits"], pool["hits"])
+    if rule.own_reference:
+        _same_hits("unsafe pool (own clean counts)", doc["pool"]["reference_hits"], pool["reference_hits"])
     log.info("replay: %d pool runs agree [%.1f s]", pool["n"], time.perf_counter() - start)
 
     worst = 0.0
@@ -126,21 +128,23 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
                                   f"replay: probe {j + 1} {split}") for split in ("train", "verify")}
         for split, r in runs.items():
             _same_hits(f"{tag} {split} split", p["hits"][split], r.test_hits)
+            if rule.own_reference:
+                _same_hits(f"{tag} {split} split (own clean counts)", p["reference_hits"][split], r.reference_hits)
         verify_runs = runs["verify"]
         fraction = float(verify_runs.poison_fraction.mean())
         if fraction != p["poison_fraction_mean"]:
             raise _Mismatch(f"{tag}: the verification runs poisoned a fraction {fraction!r} of the points, the "
                             f"certificate says {p['poison_fraction_mean']!r}")
-        u_train = rule.unsafe(runs["train"].test_hits)
+        u_train = rule.unsafe_runs(runs["train"])
         if u_train.any():
             ctx.pool.append((float(p["delta"]), runs["train"].features[u_train, -1]))
         if p["verdict"] is not None:
             worst = max(worst, _replay_program(tag, p, ctx, runs, cfg, rule, device, strict))
         log.info("replay: %s agrees (%s) [%.1f s]", tag, p["status"], time.perf_counter() - start)
 
-    _replay_empirical(doc["empirical"], cfg, data, device, progress)
+    _replay_empirical(doc["empirical"], cfg, rule, data, device, progress)
     if doc["context"] is not None:
-        ctx_now = radius_context(doc["context"]["radius"], cfg.sample.threat.norm, data.x_train, data.y_train)
+        ctx_now = radius_context(doc["context"]["radius"], cfg.sample.search_norm, data.x_train, data.y_train)
         then, now = doc["context"]["median_nearest_other_class_distance"], ctx_now["median_nearest_other_class_distance"]
         if not math.isclose(then, now, rel_tol=REL_TOL, abs_tol=0.0):
             raise _Mismatch(f"context: the median nearest-other-class distance is {now!r}, the certificate says {then!r}")
@@ -157,17 +161,20 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
     return ReplayResult(True, None, summary, total, worst)
 
 
-def _replay_empirical(emp: Optional[Dict[str, Any]], cfg: CertifyConfig, data, device, progress: Optional[bool]) -> None:
+def _replay_empirical(emp: Optional[Dict[str, Any]], cfg: CertifyConfig, rule: SafetyRule, data, device,
+                      progress: Optional[bool]) -> None:
     """The δ_emp cells again, each attack with the backend its cells record."""
     if emp is None:
         return
     seeds = trajectory_seeds(cfg.seed, Purpose.EMPIRICAL, cfg.emp_runs)
     configs = attack_configs(cfg.sample, emp["attacks"])
     for r in emp["rows"]:
-        backend = resolve(r["backend"], device, cfg.sample.recipe.dtype, attack=r["attack"])
+        backend = resolve(r["backend"], device, cfg.sample.recipe.dtype, attack=training_attack(cfg.sample, r["attack"]))
         runs = sample(configs[r["attack"]], r["delta"], seeds, data=data, backend=backend, device=str(device),
                       progress=progress, description=f"replay: {r['attack']} δ={r['delta']:g}")
         _same_hits(f"empirical {r['attack']} δ={r['delta']:g}", r["hits"], runs.test_hits)
+        if rule.own_reference:
+            _same_hits(f"empirical {r['attack']} δ={r['delta']:g} (own clean counts)", r["reference_hits"], runs.reference_hits)
     log.info("replay: %d empirical cells of %d runs agree", len(emp["rows"]), cfg.emp_runs)
 
 
@@ -190,7 +197,7 @@ def _replay_program(tag: str, p: Dict[str, Any], ctx: Certification, runs: Dict[
                             "(the stored barrier was not fitted on this probe's training split)")
     barrier = Barrier.from_dict(p["barrier"]["trunk"])
     rows, _ = scenario_rows(barrier, runs["verify"].features, pool, str(device))
-    problem = ScenarioProblem(**rows, unsafe=rule.unsafe(runs["verify"].test_hits), w0=barrier.w0, kappa=cfg.kappa,
+    problem = ScenarioProblem(**rows, unsafe=rule.unsafe_runs(runs["verify"]), w0=barrier.w0, kappa=cfg.kappa,
                               w_bound=cfg.w_bound, mu=cfg.mu)
     rc = recheck(problem, np.asarray(v["w"], dtype=np.float64), v["gamma"], v["c"])
     stored = np.asarray(v["trajectory_margins"] + [v["pool_margin"]], dtype=np.float64)

@@ -98,6 +98,16 @@ def _fields(where: str, record: Any, expected: Any) -> List[str]:
     return [f"{where} has fields {extra} it should not have and lacks {missing}"] if extra or missing else []
 
 
+def _references(rule: SafetyRule, stored: Any, where: str) -> Optional[np.ndarray]:
+    """Stored own clean counts, checked, for an evasion rule (None for a rule judging against g_c,
+    which must have none)."""
+    if not rule.own_reference:
+        if stored is not None:
+            raise ValueError(f"{where}: given although runs are judged against g_c")
+        return None
+    return check_hits(stored if stored is not None else [], rule.test_size, where)
+
+
 def _check_dataset(doc: Dict[str, Any], cfg: CertifyConfig) -> List[str]:
     """The facts the document states about its dataset, against the dataset itself."""
     try:
@@ -134,16 +144,19 @@ def _check_document(doc: Dict[str, Any]) -> List[str]:
     clean_hits = check_hits(doc["clean_accuracy"]["hits"], doc["test_size"], "clean_accuracy.hits")
     if clean_hits.size != cfg.n_clean:
         problems.append(f"clean_accuracy.hits holds {clean_hits.size} runs, the configuration {cfg.n_clean}")
-    rule = SafetyRule.from_clean_hits(clean_hits, doc["test_size"], cfg.alpha)
+    rule = SafetyRule.for_threat(cfg.sample.threat_kind, clean_hits, doc["test_size"], cfg.alpha)
     problems += differences("clean_accuracy", doc["clean_accuracy"], clean_summary(rule, clean_hits))
     problems += differences("g_clean", doc["g_clean"], rule.g_clean)
     problems += differences("warnings", doc["warnings"], warnings_for(rule, doc["chance_hits"]))
 
-    threat = cfg.sample.threat
-    top = max_budget(threat.norm, threat.domain, shape.input_dim)
+    norm = cfg.sample.search_norm
+    top = max_budget(norm, cfg.sample.threat.domain, shape.input_dim)
     pool_hits = check_hits(doc["pool"]["hits"], rule.test_size, "pool.hits")
+    pool_reference = _references(rule, doc["pool"].get("reference_hits"), "pool.reference_hits")
     problems += differences("pool", doc["pool"], {"delta": cfg.pool_budget(top), "rho": cfg.pool_rho, "n": cfg.n_pool,
-                                                  "n_unsafe": int(rule.unsafe(pool_hits).sum()), "hits": pool_hits.tolist()})
+                                                  "n_unsafe": int(rule.unsafe(pool_hits, pool_reference).sum()),
+                                                  "hits": pool_hits.tolist(),
+                                                  "reference_hits": None if pool_reference is None else pool_reference.tolist()})
 
     probes = doc["probes"]
     if len(probes) > cfg.max_probes:
@@ -165,7 +178,7 @@ def _check_document(doc: Dict[str, Any]) -> List[str]:
             problems += differences(key, doc.get(key), best.get(key))
     found = radii(probes, best, top, cfg.delta_hi)
     problems += differences("radii", doc["radii"], found)
-    problems += _check_context(doc, found["delta_cert"], threat.norm, shape.input_dim)
+    problems += _check_context(doc, found["delta_cert"], norm, shape.input_dim)
     problems += _check_empirical(doc["empirical"], cfg, rule, probes, found["delta_cert"])
     emp_cells = len(doc["empirical"]["rows"]) if doc["empirical"] else 0
     runs = cfg.n_clean + cfg.n_pool + sum(p["n_train"] + p["n_verify"] for p in probes) + emp_cells * cfg.emp_runs
@@ -195,7 +208,8 @@ def _check_empirical(emp: Any, cfg: CertifyConfig, rule: SafetyRule, probes: Lis
             problems.append(f"empirical.rows[{i}] holds {hits.size} runs, the configuration's emp_runs {cfg.emp_runs}")
         if r["backend"] not in BACKENDS:
             problems.append(f"empirical.rows[{i}].backend {r['backend']!r} is not one of {BACKENDS}")
-        cells.append(cell(rule, r["attack"], r["delta"], hits, r["backend"]))
+        cells.append(cell(rule, r["attack"], r["delta"], hits, r["backend"],
+                          _references(rule, r.get("reference_hits"), f"empirical.rows[{i}].reference_hits")))
     return problems + differences("empirical", emp, empirical_record(cfg, cells, delta_cert))
 
 
@@ -270,22 +284,34 @@ def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule:
         problems.append(f"{tag}: a barrier is recorded although no scenario program was solved")
     problems += differences(f"{tag} beta", p["beta"], beta) + differences(f"{tag} d", p["d"], cfg.decision_variables)
     problems += _fields(f"{tag} hits", p["hits"], ("train", "verify"))
-    hits = {}
+    hits, reference = {}, None
+    stored_reference = p.get("reference_hits")
+    if rule.own_reference:
+        problems += _fields(f"{tag} reference_hits", stored_reference if isinstance(stored_reference, dict) else {},
+                            ("train", "verify"))
+        reference = {}
+    elif stored_reference is not None:
+        problems.append(f"{tag}: reference_hits are given although runs are judged against g_c")
     for split, n in (("train", cfg.n_train), ("verify", cfg.n_verify)):
         hits[split] = check_hits(p["hits"][split], rule.test_size, f"{tag} hits.{split}")
         if not hits[split].size == p[f"n_{split}"] == n:
             problems.append(f"{tag}: {hits[split].size} {split} hit counts, n_{split} = {p[f'n_{split}']}, configured {n}")
-    for key, value in label_fields(rule, hits, beta, cfg.epsilon).items():
+        if reference is not None:
+            reference[split] = _references(rule, (stored_reference or {}).get(split, []), f"{tag} reference_hits.{split}")
+            if reference[split].shape != hits[split].shape:
+                return problems + [f"{tag}: {reference[split].size} {split} reference counts for {hits[split].size} runs"]
+    for key, value in label_fields(rule, hits, beta, cfg.epsilon, reference).items():
         problems += differences(f"{tag} {key}", p[key], value)
-    found = first_unsafe(rule, hits)
+    found = first_unsafe(rule, hits, reference)
     expected_witness = None
     if found is not None:
         split, i = found
         seeds = trajectory_seeds(cfg.seed, probe_purpose(j, split), 1, start=i)[0]
-        expected_witness = witness_record(rule, split, i, int(hits[split][i]), seeds, p["delta"], doc["backend"])
+        expected_witness = witness_record(rule, split, i, int(hits[split][i]), seeds, p["delta"], doc["backend"],
+                                          None if reference is None else int(reference[split][i]))
     problems += differences(f"{tag} witness", p["witness"], expected_witness)
-    n_unsafe_verify = int(rule.unsafe(hits["verify"]).sum())
-    n_unsafe_train = int(rule.unsafe(hits["train"]).sum())
+    n_unsafe_verify = int(rule.unsafe(hits["verify"], None if reference is None else reference["verify"]).sum())
+    n_unsafe_train = int(rule.unsafe(hits["train"], None if reference is None else reference["train"]).sum())
     rows = pool_size(cfg.pool_states, doc["pool"]["n_unsafe"], earlier, p["delta"])
     v = p.get("verdict")
     if v is None:
@@ -369,7 +395,7 @@ def _check_verdict(tag: str, p: Dict[str, Any], v: Dict[str, Any], cfg: CertifyC
         problems.append(f"{tag}: the barrier's training violations are not fractions")
     if trunk.config != cfg.barrier:
         problems.append(f"{tag}: the stored barrier was fitted with {trunk.config}, the configuration says {cfg.barrier}")
-    if (trunk.out_dim, trunk.in_dim, p["barrier"]["out_dim"]) != (m, cfg.sample.features.dim, m):
+    if (trunk.out_dim, trunk.in_dim, p["barrier"]["out_dim"]) != (m, cfg.sample.feature_dim, m):
         problems.append(f"{tag}: the stored barrier maps {trunk.in_dim} features to {trunk.out_dim} outputs; "
-                        f"the configuration has {cfg.sample.features.dim} features and out_dim {m}")
+                        f"the configuration has {cfg.sample.feature_dim} features and out_dim {m}")
     return problems

@@ -1,7 +1,7 @@
 """The benchmark harness: ``python -m bench throughput | certify | scaling | scp | roofline | all | plot | readme``.
 
     python -m bench all [--out DIR] [--quick]      # everything; one results file per part + one for all
-    python -m bench throughput [--n 1000] [--certify auto|default|mnist|reduced|none]
+    python -m bench throughput [--n 1000] [--certify auto|default|mnist|evasion|evasion-ibp|reduced|none]
     python -m bench certify [--certify mnist]      # one whole certification, stage by stage
     python -m bench scaling [--ns 250 500 ...]     # time per step against N, fitted exponent
     python -m bench scp [--scp-ns 1000 2000 ...]   # SCP seconds against N_v (bench/scp.py)
@@ -77,10 +77,19 @@ def mnist_certify_config():
     return CertifyConfig(sample=sample, n_verify=MNIST_N_VERIFY)
 
 
+EVASION_JUDGES = {"evasion": "pgd", "evasion-ibp": "ibp"}
+"""The evasion certification modes: the default digits recipe, the search over δ', judged by PGD
+(δ'_cert) or by the interval bound (δ'_sound)."""
+
+
 def certify_config(mode: str, quick: bool):
     """(config, workload name) of a certification mode; --quick shrinks it to seconds, same shape."""
-    from barrierkit.config import CertifyConfig
+    from barrierkit.config import CertifyConfig, EvasionThreat
 
+    if mode in EVASION_JUDGES:
+        base = reduced_certify_config() if quick else CertifyConfig()
+        sample = dataclasses.replace(base.sample, threat_kind="evasion", evasion=EvasionThreat(attack=EVASION_JUDGES[mode]))
+        return dataclasses.replace(base, sample=sample), "digits"
     if mode == "mnist":
         return (reduced_certify_config(**MNIST_SHAPE) if quick else mnist_certify_config()), "mnist"
     if mode == "reduced" or quick:
@@ -240,9 +249,10 @@ def run_certify(s: Settings, mode: str) -> Dict:
 
     cfg, workload = certify_config(mode, s.quick)
     if s.args.emp:  # the certification with `certify --emp`: its δ_emp cells are timed as timings.empirical_s
-        from barrierkit.config import EMP_ATTACKS
+        from barrierkit.config import EMP_ATTACKS, STRONG_EVASION
 
-        cfg = dataclasses.replace(cfg, emp_attacks=EMP_ATTACKS, emp_runs=4 if s.quick else cfg.emp_runs)
+        attacks = STRONG_EVASION if cfg.sample.searches_evasion else EMP_ATTACKS
+        cfg = dataclasses.replace(cfg, emp_attacks=attacks, emp_runs=4 if s.quick else (s.args.emp_runs or cfg.emp_runs))
     row: Dict = {"benchmark": "certify", "certify_config": mode + (" (quick)" if s.quick else "") + (" --emp" if s.args.emp else ""),
                  "device": str(s.device),
                  "workload": workload, "method": "certify", "n": cfg.n_verify,
@@ -500,13 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = common.add_argument_group("throughput, certify and roofline")
     g.add_argument("--n", type=count(), default=None, help="trajectories (throughput default 1000 on CPU, 4000 on GPU; roofline 4000; quick 4)")
     g.add_argument("--loop-runs", type=count(), default=None, help="runs of the per-trajectory loop (default 16; quick 2)")
-    g.add_argument("--certify", choices=["auto", "default", "mnist", "reduced", "none"], default="auto",
+    g.add_argument("--certify", choices=["auto", "default", "mnist", "evasion", "evasion-ibp", "reduced", "none"], default="auto",
                    help="the certification run (throughput's last row, and the certify part): default "
-                        "CertifyConfig (digits), mnist (784-64-10, batch 64, N_v=4000), the reduced one, or none "
-                        "(auto: reduced with --quick, else default; --quick shrinks mnist to seconds)")
+                        "CertifyConfig (digits), mnist (784-64-10, batch 64, N_v=4000), evasion (the default "
+                        "recipe, searching the test-time budget δ′ judged by PGD; evasion-ibp: by the interval "
+                        "bound), the reduced one, or none (auto: reduced with --quick, else default; --quick "
+                        "shrinks mnist and evasion to seconds)")
     g.add_argument("--emp", action="store_true",
-                   help="certify with --emp (δ_emp of the strongest built-in attacks at every probed budget) and "
-                        "report its time as a multiple of the certification without it")
+                   help="certify with --emp (δ_emp of the strongest built-in attacks at every probed budget; for "
+                        "evasion, pgd_strong) and report its time as a multiple of the certification without it")
+    g.add_argument("--emp-runs", type=count(), default=None,
+                   help="runs per attack and budget behind δ_emp with --emp (default: the configuration's, 300)")
     g.add_argument("--peak-gflops", type=number(), default=None, help="FLOP roof (GFLOP/s) for roofline fractions on a CPU")
     g.add_argument("--peak-gbps", type=number(), default=None, help="bandwidth roof (GB/s) for roofline fractions on a CPU")
     g = common.add_argument_group("scaling and scp")

@@ -73,7 +73,7 @@ def test_unset_optional_values_are_left_out_and_read_back_unset(tmp_path):
 
 def test_the_file_is_nested_like_to_dict_and_the_barrier_kappa_follows_kappa(tmp_path):
     table = tomllib.loads(dump_config(CHANGED))
-    assert set(table["sample"]) == {"dataset", "model", "recipe", "threat_kind", "threat", "attack", "evasion", "features",
+    assert set(table["sample"]) == {"dataset", "model", "recipe", "threat_kind", "threat", "attack", "evasion", "features", "search_budget",
                                     "memory_budget_mb"}
     assert table["sample"]["recipe"]["steps"] == 60 and table["barrier"]["width"] == 12
     assert "kappa" not in table["barrier"], "written once, as the certification's kappa"

@@ -273,7 +273,7 @@ def test_evasion_runs_train_clean_and_count_their_own_and_attacked_hits():
     seeds = np.arange(18, dtype=np.int64).reshape(6, 3) + 5
     runs = sample(config, 0.1, seeds, chunk=4)
     clean = sample(dataclasses.replace(config, threat_kind="poisoning"), 0.0, seeds)
-    assert np.array_equal(runs.features, clean.features), "training is clean whatever the test-time budget"
+    assert np.array_equal(runs.features[:, :, :-1], clean.features), "training is clean whatever the test-time budget"
     assert runs.reference_hits is not None and (runs.test_hits <= runs.reference_hits).all()
     assert (runs.test_hits < runs.reference_hits).any()
     assert runs.delta == 0.1 and runs.poison_fraction.max() == 0
@@ -327,13 +327,13 @@ def test_sample_threat_evasion_on_the_command_line(tmp_path, monkeypatch):
     assert summary["n_unsafe"] == int(summary["unsafe_fraction"] * 3) and "g_clean" not in summary
     assert summary["meta"]["config"]["threat_kind"] == "evasion" and summary["meta"]["config"]["evasion"]["attack"] == "random"
     no_work(monkeypatch)
-    assert main([*TINY_CERTIFY, "--threat", "evasion", "--out", str(tmp_path / "c.json")]) == 2
+    assert main([*TINY_CERTIFY, "--threat", "both", "--out", str(tmp_path / "c.json")]) == 2  # no fixed budget
     assert main(["sample", "--threat", "evasion", "--evasion-rho", "2", "--delta", "0.1", "--out", str(tmp_path / "x.npz")]) == 2
     assert main(["attack", "--threat", "evasion", "--deltas", "0.05", "--out", str(tmp_path / "a.json")]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.json", "ev.npz"]
 
 
-@pytest.mark.parametrize("raw,field", [({"threat_kind": "both"}, "threat_kind"), ({"evasion": {"attack": "fgsm"}}, "evasion.attack"),
+@pytest.mark.parametrize("raw,field", [({"threat_kind": "all"}, "threat_kind"), ({"threat_kind": "both"}, "fixed_budget"), ({"evasion": {"attack": "fgsm"}}, "evasion.attack"),
                                        ({"evasion": {"rho": -1}}, "evasion.rho"), ({"attack": {"kind": "nope"}}, "attack.kind")])
 def test_a_bad_threat_setting_in_a_configuration_names_its_key(raw, field):
     from barrierkit.config import SampleConfig

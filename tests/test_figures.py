@@ -21,7 +21,7 @@ def test_series_group_by_attack_in_increasing_budget():
     rows = [{"attack": "b", "delta": 0.2, "unsafe": 3, "n": 10}, {"attack": "a", "delta": 0.1, "unsafe": 0, "n": 10},
             {"attack": "b", "delta": 0.1, "unsafe": 1, "n": 10}]
     series = series_from_rows(rows, own="a")
-    assert [s.label for s in series] == ["b", "a (sampling attack)"]
+    assert [s.label for s in series] == ["b", "a (certified attack)"]
     assert series[0].deltas == [0.1, 0.2] and series[0].unsafe == [1, 3]
     assert series[0].fractions == [0.1, 0.3]
     assert series[0].intervals[1] == clopper_pearson(3, 10)
