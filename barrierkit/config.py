@@ -209,6 +209,13 @@ EVASION_ATTACKS = {
            "its ball changes the prediction (worst case over every test-time attack)",
 }
 PGD_LOSSES = ("ce", "margin")
+TEST_SUBSETS = {
+    "random": "each test point is perturbed independently with probability ρ′ (a fresh subset per run: a sampling "
+              "attack)",
+    "chosen": "the attacker perturbs up to ⌊ρ′·P⌋ test points of its choice, those its attack flips (with ibp: the "
+              "points the bound cannot prove), so a run loses min(⌊ρ′·P⌋, flippable points)",
+}
+"""Which test points the test-time attacker perturbs (named in the certificate)."""
 THREAT_KINDS = {
     "poisoning": "the budget δ perturbs training points (the threat table and the sampling attack)",
     "evasion": "training is clean; the budget δ (δ') perturbs test points of each trained model (the evasion table) and "
@@ -229,7 +236,9 @@ class EvasionThreat:
 
     attack: str = setting("pgd", "test-time attack: " + "; ".join(f"{name}: {text}" for name, text in EVASION_ATTACKS.items()))
     norm: str = setting("inf", "test-time perturbation norm: inf or 2")
-    rho: float = setting(0.5, "probability that a test point is perturbed, in [0, 1]")
+    rho: float = setting(0.5, "probability that a test point is perturbed, in [0, 1] (subset chosen: the fraction of "
+                              "test points the attacker may perturb)")
+    subset: str = setting("random", "which test points are perturbed: " + "; ".join(f"{name}: {text}" for name, text in TEST_SUBSETS.items()))
     steps: int = setting(20, "PGD steps per start")
     step_size: float = setting(0.25, "PGD step length as a fraction of the budget δ'")
     restarts: int = setting(0, "PGD random starts beside the clean point")
@@ -238,6 +247,7 @@ class EvasionThreat:
     def __post_init__(self) -> None:
         _plain(self)
         _check(self.attack in EVASION_ATTACKS, "attack", f"must be one of {tuple(EVASION_ATTACKS)}, got {self.attack!r}")
+        _check(self.subset in TEST_SUBSETS, "subset", f"must be one of {tuple(TEST_SUBSETS)}, got {self.subset!r}")
         _check_norm_and_rho(self)
         _check(_positive_int(self.steps), "steps", f"must be an integer >= 1, got {self.steps!r}")
         _check(_finite(self.step_size) and self.step_size > 0, "step_size", f"must be a finite number > 0, got {self.step_size!r}")

@@ -19,6 +19,8 @@ own stream words), so every perturbation replays from the seeds. The readable pe
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
@@ -325,10 +327,11 @@ def evaluate(params: Params, x_test: torch.Tensor, y_test: torch.Tensor, seeds: 
     if delta == 0 or threat.rho == 0:
         return clean.sum(dim=1), clean.sum(dim=1)
     norm = threat.norm
-    at_stake = perturbed_points(seeds, n_test, threat.rho) & clean  # only these points can be flipped
+    chosen = threat.subset == "chosen"  # the attacker perturbs the points it can flip, up to its cap
+    at_stake = clean if chosen else perturbed_points(seeds, n_test, threat.rho) & clean  # only these can be flipped
     if threat.attack == "ibp":
         safe = _blocked(lambda m, xb, yb: ibp_proven(m, xb, yb, delta, norm, domain), params, [x, y_test], shared_x=True)
-        return clean.sum(dim=1), (clean & (safe | ~at_stake)).sum(dim=1)
+        return clean.sum(dim=1), _attacked_count(clean, at_stake & ~safe, threat, n_test)
     if threat.attack == "pgd":
         def flip(m, xb, yb, sb, ib):
             return pgd_flipped(m, xb, yb, sb[:, 0], ib, delta, norm, domain, threat)
@@ -344,7 +347,16 @@ def evaluate(params: Params, x_test: torch.Tensor, y_test: torch.Tensor, seeds: 
         rows = [x[slots], y_test[slots], seeds.view(-1, 1).expand(n, width), slots]
         hit = _blocked(flip, params, rows, shared_x=False) & at_stake.gather(1, slots)
         flipped.scatter_(1, slots, hit)
-    return clean.sum(dim=1), (clean & ~flipped).sum(dim=1)
+    return clean.sum(dim=1), _attacked_count(clean, flipped, threat, n_test)
+
+
+def _attacked_count(clean: torch.Tensor, flipped: torch.Tensor, threat: EvasionThreat, n_test: int) -> torch.Tensor:
+    """[N] hits left on the attacked test set: clean hits less the flipped points, or (subset
+    chosen) less at most ⌊rho·P⌋ of them, rho read as the decimal it is written as."""
+    lost = flipped.sum(dim=1)
+    if threat.subset == "chosen":
+        lost = lost.clamp(max=math.floor(Fraction(repr(float(threat.rho))) * n_test))
+    return clean.sum(dim=1) - lost
 
 
 __all__ = ["EvasionThreat", "check_in_domain", "evaluate", "proven_fraction", "ibp_margin_bound", "ibp_proven", "pgd_ascent", "pgd_start", "pgd_flipped", "random_flipped", "input_gradient",

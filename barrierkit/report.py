@@ -36,6 +36,9 @@ def perturbed_test_points(evasion: Dict[str, Any], budget: str) -> str:
                "flipped: a bound on every test-time attack")
     else:
         how = f"by the '{evasion['attack']}' test-time attack"
+    if evasion.get("subset", "random") == "chosen":
+        return (f"whose test points are then perturbed within the {_norm(evasion)} budget {budget} at up to "
+                f"⌊ρ′·P⌋ points of the attacker's choice (ρ′ = {evasion['rho']:g}, the points it can flip; {how})")
     return (f"whose test points are then each perturbed with probability ρ′ = {evasion['rho']:g} within the "
             f"{_norm(evasion)} budget {budget} ({how})")
 
@@ -83,6 +86,9 @@ EVASION_NOT_MEANT = (
     "It bounds the chance of an unsafe outcome under the named test-time attack only; PGD and random draws are "
     "heuristics, and a stronger attack may flip points they did not (a certificate judged by the interval bound, "
     "--evasion-attack ibp, covers every perturbation in the ball).")
+WORST_CASE_EVASION_NOT_MEANT = (
+    "Its test-time side is worst case (every choice of up to ⌊ρ′·P⌋ points and every perturbation in their balls, "
+    "through the interval bound), but the training side is sampled: it is PAC over training runs, not worst case.")
 SOUND_EVASION_NOT_MEANT = (
     "Its test-time side is worst case (the interval bound covers every perturbation in the ball of every perturbed "
     "point), but which points are perturbed is drawn with probability ρ′, and the training side is still sampled.")
@@ -93,7 +99,8 @@ def not_meant(doc: Dict[str, Any]) -> List[str]:
     tm = doc["threat_model"]
     lines = list(NOT_MEANT) if tm["kind"] != "evasion" else NOT_MEANT[1:]
     if tm["kind"] != "poisoning":
-        lines.insert(0, SOUND_EVASION_NOT_MEANT if tm["evasion"]["attack"] == "ibp" else EVASION_NOT_MEANT)
+        sound, chosen = tm["evasion"]["attack"] == "ibp", tm["evasion"].get("subset", "random") == "chosen"
+        lines.insert(0, (WORST_CASE_EVASION_NOT_MEANT if chosen else SOUND_EVASION_NOT_MEANT) if sound else EVASION_NOT_MEANT)
     return lines
 
 

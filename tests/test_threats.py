@@ -227,3 +227,24 @@ def test_a_both_certificate_states_both_budgets(digits):
     assert "δ′ was fixed" not in text and "δ was fixed at 0.01" in text
     if cert.status == "CERTIFIED":
         assert "budget δ = 0.01" in text and "δ′ = 0.02" in text
+
+
+@pytest.mark.parametrize("attack", ["pgd", "ibp", "random"])
+def test_a_chosen_subset_loses_the_flippable_points_up_to_its_cap(digits, attack):
+    """The attacker's choice: a run loses min(⌊ρ′·P⌋, points its attack flips among all correctly
+    classified ones), which the random subset with ρ′ = 1 counts exactly."""
+    from barrierkit.evasion import evaluate
+
+    config = short_config(evasion=EvasionThreat(steps=2, attack=attack))
+    seen = {}
+    sample(config, 0.1, SEEDS, data=digits, terminal=lambda lo, hi, params: seen.setdefault("p", [p.clone() for p in params]))
+    x, y, s = torch.as_tensor(digits.x_test), torch.as_tensor(digits.y_test), torch.as_tensor(SEEDS[:, 1])
+    clean, every = evaluate(seen["p"], x, y, s, dataclasses.replace(config.evasion, rho=1.0), 0.1, (0.0, 1.0))
+    flippable = clean - every
+    for rho, cap in ((0.03, 10), (0.5, 180)):  # ⌊0.03 · 360⌋ = 10 (float 0.03 · 360 is 10.799...)
+        threat = dataclasses.replace(config.evasion, rho=rho, subset="chosen")
+        _, attacked = evaluate(seen["p"], x, y, s, threat, 0.1, (0.0, 1.0))
+        assert torch.equal(clean - attacked, flippable.clamp(max=cap))
+    assert attack == "random" or (flippable > 10).any(), "the cap binds for some run"
+    with pytest.raises(ConfigError, match="subset"):
+        EvasionThreat(subset="all")
