@@ -19,7 +19,7 @@ from barrierkit.labels import SafetyRule
 from barrierkit.models import MLPShape
 from conftest import TINY_CERTIFY, no_work
 
-pytestmark = pytest.mark.portability  # certification: also under ATEN_CPU_CAPABILITY=default and avx2
+portable = pytest.mark.portability  # numbers that decide labels and certificates: also under other CPU kernels
 
 SHORT = TrainRecipe(steps=8, record_every=4)
 SEEDS = np.arange(15, dtype=np.int64).reshape(5, 3) + 11
@@ -107,6 +107,7 @@ def robust_fraction_twin(params, x, y, delta, norm, domain):
     return np.array(out)
 
 
+@portable
 @pytest.mark.parametrize("norm", ["inf", "2"])
 def test_the_robustness_entry_is_the_interval_bounds_proven_fraction_of_the_probe_points(digits, norm):
     config = short_config(evasion=EvasionThreat(steps=2, norm=norm))
@@ -129,6 +130,7 @@ def test_the_robustness_entry_is_the_interval_bounds_proven_fraction_of_the_prob
     assert np.array_equal(larger.features[:, :, :-1], runs.features[:, :, :-1]), "training does not see δ′"
 
 
+@portable
 def test_both_poisons_training_and_attacks_the_trained_model(digits):
     both = short_config("both", fixed_budget=0.05)
     runs = sample(both, 0.3, SEEDS, data=digits)
@@ -169,6 +171,7 @@ def evasion_certificate(tmp_path_factory):
     return path
 
 
+@portable
 def test_an_evasion_certificate_verifies_and_names_its_budget(evasion_certificate, capsys):
     doc = Certificate.load(evasion_certificate).doc
     assert doc["threat_model"]["kind"] == "evasion" and doc["threat_model"]["searched"] == "evasion"
@@ -198,11 +201,13 @@ def test_verify_catches_an_edited_own_clean_count(evasion_certificate, tmp_path,
     assert "n_unsafe_verify" in capsys.readouterr().err
 
 
+@portable
 def test_verify_replay_reruns_an_evasion_certificate(evasion_certificate, capsys):
     assert main(["verify", "--replay", "--quiet", str(evasion_certificate)]) == 0
     assert "REPLAY OK" in capsys.readouterr().out
 
 
+@portable
 def test_an_evasion_witness_replays_from_its_seeds(digits):
     config = CertifyConfig(sample=short_config(), alpha=0.0, n_verify=20, n_train=10, n_clean=6, n_pool=6, max_probes=1,
                            epsilon=0.9, beta=0.5, delta_hi=0.3)
@@ -214,12 +219,16 @@ def test_an_evasion_witness_replays_from_its_seeds(digits):
     assert cert.check() == []
 
 
+@portable
 def test_a_both_certificate_states_both_budgets(digits):
     sample_config = short_config("both", fixed_budget=0.01, search_budget="evasion")
     config = CertifyConfig(sample=sample_config, n_verify=20, n_train=10, n_clean=6, n_pool=6, max_probes=1, epsilon=0.9,
                            beta=0.5, delta_hi=0.02, alpha=0.5)
     cert = certify(config, backend="torch", device="cpu", progress=False)
     assert cert.check() == []
+    from barrierkit.rerun import replay_certificate
+
+    assert replay_certificate(cert.doc).ok, "verify --replay re-runs it"
     tm = cert.doc["threat_model"]
     assert (tm["kind"], tm["searched"], tm["fixed_budget"]) == ("both", "evasion", 0.01)
     assert cert.doc["probes"][0]["reference_hits"] is None, "both judges against g_c"
@@ -229,6 +238,7 @@ def test_a_both_certificate_states_both_budgets(digits):
         assert "budget δ = 0.01" in text and "δ′ = 0.02" in text
 
 
+@portable
 @pytest.mark.parametrize("attack", ["pgd", "ibp", "random"])
 def test_a_chosen_subset_loses_the_flippable_points_up_to_its_cap(digits, attack):
     """The attacker's choice: a run loses min(⌊ρ′·P⌋, points its attack flips among all correctly
