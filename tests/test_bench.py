@@ -321,3 +321,16 @@ def test_attack_strength_intervals_are_exact_clopper_pearson(k, n):
 
     want = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
     assert clopper_pearson(k, n) == pytest.approx([want.low, want.high], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("mode,judge", [("evasion", "pgd"), ("evasion-ibp", "ibp")])
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_evasion_certification_modes_search_the_test_time_budget(mode, judge, quick):
+    """``--certify evasion|evasion-ibp``: the default (or reduced) recipe, searching δ′ by the named judge."""
+    from bench.harness import certify_config, reduced_certify_config
+    from barrierkit.config import CertifyConfig
+
+    config, workload = certify_config(mode, quick)
+    base = reduced_certify_config() if quick else CertifyConfig()
+    assert workload == "digits" and config.sample.searches_evasion and config.sample.evasion.attack == judge
+    assert config.n_verify == base.n_verify and config.sample.recipe == base.sample.recipe
