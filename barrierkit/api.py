@@ -58,7 +58,7 @@ def certify(config: CertifyConfig, *, data: Optional[Dataset] = None, backend: s
         check_memory(scfg, n, name)
     emp_backends = ({kind: resolve(backend, device, scfg.recipe.dtype, attack=training_attack(scfg, kind))
                      for kind in certificate_attacks(config)} if config.emp_attacks else {})  # an attack the backend cannot run fails here, before any work
-    backend = resolve(backend, device, scfg.recipe.dtype, attack=scfg.attack.kind)
+    backend = resolve(backend, device, scfg.recipe.dtype, attack=scfg.poisoning_attack)
     log.info("certify: %s, MLP %s, %d steps, backend %s on %s; up to %d probes of %d + %d runs",
              data.name, "-".join(map(str, (data.input_dim, *scfg.model.hidden, data.n_classes))), scfg.recipe.steps,
              backend.name, device, config.max_probes, config.n_train, config.n_verify)
@@ -136,5 +136,5 @@ def replay(config: SampleConfig, delta: float, seeds: Dict[str, int] | np.ndarra
     else:
         row = np.asarray(seeds, dtype=np.int64).reshape(1, 3)
     device = resolve_device(device)
-    return sample(config, delta, row, data=data, backend=resolve(backend, device, config.recipe.dtype, attack=config.attack.kind), device=device,
+    return sample(config, delta, row, data=data, backend=resolve(backend, device, config.recipe.dtype, attack=config.poisoning_attack), device=device,
                   progress=False)

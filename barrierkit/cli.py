@@ -295,7 +295,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     outputs = check_outputs([("out", args.out), ("summary", summary_path)])
     refuse_to_overwrite_the_config(args, outputs)
     device = resolve_device(args.device)
-    backend = resolve(args.backend, device, config.recipe.dtype, attack=config.attack.kind)  # once, for the clean runs too
+    backend = resolve(args.backend, device, config.recipe.dtype, attack=config.poisoning_attack)  # once, for the clean runs too
     with OutputLocks(outputs):
         data = get_dataset(config.dataset)
         kw = dict(data=data, backend=backend, device=device, progress=_progress(args))

@@ -401,6 +401,12 @@ class SampleConfig:
         return (budget, fixed) if self.search_budget == "poisoning" else (fixed, budget)
 
     @property
+    def poisoning_attack(self) -> str | None:
+        """The sampling attack training runs under (what a backend must support): none under
+        evasion, whose training is clean."""
+        return None if self.threat_kind == "evasion" else self.attack.kind
+
+    @property
     def searches_evasion(self) -> bool:
         """Whether the searched budget is the test-time δ' (evasion, or both over δ')."""
         return self.threat_kind == "evasion" or (self.threat_kind == "both" and self.search_budget == "evasion")

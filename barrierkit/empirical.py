@@ -60,10 +60,11 @@ def attack_configs(config: SampleConfig, attacks: Sequence[str]) -> Dict[str, Sa
             for kind in attacks}
 
 
-def training_attack(config: SampleConfig, kind: str) -> str:
+def training_attack(config: SampleConfig, kind: str) -> Optional[str]:
     """The training-time sampling attack that the runs of attack ``kind`` train under (what a
-    backend must support): ``kind`` itself, or the recipe's own when ``kind`` is a test-time attack."""
-    return config.attack.kind if config.searches_evasion else kind
+    backend must support): ``kind`` itself, or the recipe's own (none under evasion) when ``kind``
+    is a test-time attack."""
+    return config.poisoning_attack if config.searches_evasion else kind
 
 
 def cell(rule: "SafetyRule", attack: str, delta: float, hits: Sequence[int], backend: str,

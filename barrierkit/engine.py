@@ -49,7 +49,10 @@ def bytes_per_trajectory(config: SampleConfig, data: Dataset) -> int:
         run_aware = data.x_train.shape[0] * (data.input_dim * 8 * 3 + sum(shape.widths[1:]) * 8 * 3)
     elif config.attack.kind == "lookahead":  # a per-run copy of the inputs and a double-backward graph over them
         run_aware = data.x_train.shape[0] * (data.input_dim * 8 * 6 + sum(shape.widths[1:]) * 8 * 10)
-    return d * (item * 4 + 8 * 2) + activations + poison_tmp + evaluation + run_aware
+    attacked_test = 0
+    if config.threat_kind != "poisoning":  # each run's test points at stake, gathered for the test-time attack
+        attacked_test = data.x_test.shape[0] * (data.input_dim * 8 + 4 * 8)
+    return d * (item * 4 + 8 * 2) + activations + poison_tmp + evaluation + run_aware + attacked_test
 
 
 CPU_MEMORY_BUDGET_MB = 2048.0
@@ -136,7 +139,7 @@ def sample(
     if config.recipe.batch > data.x_train.shape[0]:
         raise ConfigError("batch", f"must be <= the number of training points ({data.x_train.shape[0]})")
     device = torch.device(device)
-    backend = resolve(backend, device, config.recipe.dtype, attack=config.attack.kind)
+    backend = resolve(backend, device, config.recipe.dtype, attack=config.poisoning_attack)
     n = seeds.shape[0]
     recipe = config.recipe
     dtype = torch_dtype(recipe.dtype)
@@ -219,7 +222,7 @@ def sample(
     if bad.size:
         raise FloatingPointError(f"runs {name_runs(bad)} of {n} diverged (non-finite features); lower the learning rate")
     test_hits = evasion_hits[1] if evading else hits_from_accuracy(test_acc, int(data.x_test.shape[0]))
-    drift = float(features[:, :, -1].max())
+    drift = float(features[:, :, config.features.dim - 1].max())  # ||theta - theta(0)||, the last base entry
     if drift > DIVERGING_DRIFT:
         log.warning("training diverges: parameters moved up to %.3g from their initial values (||theta - theta(0)||); "
                     "the results describe an exploding recipe: lower the learning rate", drift)

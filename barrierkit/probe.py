@@ -54,7 +54,7 @@ class Certification:
     fallbacks: List[str] = field(default_factory=list)  # why the backend ran segments on the torch reference
 
     def __post_init__(self) -> None:
-        self.backend = resolve(self.backend, self.device, self.config.sample.recipe.dtype, attack=self.config.sample.attack.kind)
+        self.backend = resolve(self.backend, self.device, self.config.sample.recipe.dtype, attack=self.config.sample.poisoning_attack)
 
     def sample(self, delta: float, purpose: int, n: int, description: str,
                sample_config: Optional[SampleConfig] = None) -> Trajectories:

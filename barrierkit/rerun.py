@@ -105,7 +105,7 @@ def _replay(doc: Dict[str, Any], progress: Optional[bool], start: float) -> Repl
     device = resolve_device(doc["device"])
     strict = _same_machine(doc)
     rule = SafetyRule.for_threat(cfg.sample.threat_kind, doc["clean_accuracy"]["hits"], doc["test_size"], cfg.alpha)
-    kw = dict(backend=resolve(doc["backend"], device, cfg.sample.recipe.dtype, attack=cfg.sample.attack.kind), device=str(device), progress=progress)
+    kw = dict(backend=resolve(doc["backend"], device, cfg.sample.recipe.dtype, attack=cfg.sample.poisoning_attack), device=str(device), progress=progress)
     log.info("replay: %s runs with backend %s on %s", doc["throughput"]["trajectories"], doc["backend"], device)
     clean = clean_runs(cfg.sample, cfg.n_clean, cfg.seed, data=data, **kw)
     if clean.test_size != rule.test_size:

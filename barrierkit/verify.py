@@ -21,6 +21,8 @@ import math
 import re
 from typing import Any, Dict, List, Optional
 
+import numpy as np
+
 from . import pac
 from .backends import BACKENDS
 from .backends.triton_gpu import NAME as TRITON_FEATURES
@@ -300,6 +302,10 @@ def _check_probe(p: Dict[str, Any], j: int, earlier: List[Dict[str, Any]], rule:
             reference[split] = _references(rule, (stored_reference or {}).get(split, []), f"{tag} reference_hits.{split}")
             if reference[split].shape != hits[split].shape:
                 return problems + [f"{tag}: {reference[split].size} {split} reference counts for {hits[split].size} runs"]
+            above = np.flatnonzero(hits[split] > reference[split])
+            if above.size:  # an attack only removes hits: the attacked count cannot exceed the run's own clean one
+                problems.append(f"{tag}: {split} run {int(above[0])} has more attacked hits ({int(hits[split][above[0]])}) "
+                                f"than own clean hits ({int(reference[split][above[0]])})")
     for key, value in label_fields(rule, hits, beta, cfg.epsilon, reference).items():
         problems += differences(f"{tag} {key}", p[key], value)
     found = first_unsafe(rule, hits, reference)

@@ -225,6 +225,10 @@ def test_an_exploding_learning_rate_is_warned_about(tmp_path, capsys):
     assert main([*TINY_SAMPLE, "--dataset", "digits", "--lr", "1e6", "--n-clean", "4", "--out", str(tmp_path / "t.npz")]) == 0
     err = capsys.readouterr().err
     assert "training diverges" in err and "near chance" in err
+    # under evasion φ ends with the robustness entry; the drift is still found and warned about
+    assert main([*TINY_SAMPLE, "--dataset", "digits", "--lr", "1e6", "--threat", "evasion", "--evasion-steps", "1",
+                 "--out", str(tmp_path / "e.npz")]) == 0
+    assert "training diverges" in capsys.readouterr().err
 
 
 def test_version_and_help_explain(capsys):

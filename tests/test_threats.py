@@ -187,18 +187,21 @@ def test_an_evasion_certificate_verifies_and_names_its_budget(evasion_certificat
     assert "δ′_direct" in out and "Test-time attack 'pgd'" in out and "Sampling attack" not in out
 
 
-def test_verify_catches_an_edited_own_clean_count(evasion_certificate, tmp_path, capsys):
-    doc = json.loads(evasion_certificate.read_text())
-    p = doc["probes"][0]
-    p["reference_hits"]["verify"][0] += 40  # a run that lost 40 more points: unsafe, against its stored label
+@pytest.mark.parametrize("change,needle", [(40, "n_unsafe_verify"), ("below", "more attacked hits")])
+def test_verify_catches_an_edited_own_clean_count(evasion_certificate, tmp_path, capsys, change, needle):
+    """40 more own points: the run lost more than α, against its stored label; an own count below
+    the attacked one: no attack adds hits (the label itself stays safe)."""
     from barrierkit.certificate import digest
 
+    doc = json.loads(evasion_certificate.read_text())
+    p = doc["probes"][0]
+    p["reference_hits"]["verify"][0] += 40 if change == 40 else -(p["reference_hits"]["verify"][0] - p["hits"]["verify"][0] + 1)
     doc.pop("digest")
     doc["digest"] = digest(doc)
     path = tmp_path / "edited.json"
     path.write_text(json.dumps(doc))
     assert main(["verify", "--quiet", str(path)]) == 6
-    assert "n_unsafe_verify" in capsys.readouterr().err
+    assert needle in capsys.readouterr().err
 
 
 @portable
