@@ -47,7 +47,7 @@ def guarantee_sentence(doc: Dict[str, Any]) -> str:
     """The guarantee in one sentence (or why there is none)."""
     cfg, radii, tm = doc["config"], doc["radii"], doc["threat_model"]
     if doc["status"] != "CERTIFIED":
-        return f"No budget was certified ({doc['status']}): {doc['reason']}"
+        return in_searched_budget(doc, [f"No budget was certified ({doc['status']}): {doc['reason']}"])[0]
     whole = " (the whole input domain)" if radii["whole_domain"] else ""
     opening = f"With confidence at least {1 - cfg['beta']:.6g} over the sampled verification runs, a fresh "
     closing = f" with probability at least 1 − ε = {1 - doc['epsilon']:.4g}."
@@ -98,6 +98,7 @@ def not_meant(doc: Dict[str, Any]) -> List[str]:
     """What the certificate does not mean, for its threat kind."""
     tm = doc["threat_model"]
     lines = list(NOT_MEANT) if tm["kind"] != "evasion" else NOT_MEANT[1:]
+    lines[-1] = in_searched_budget(doc, [lines[-1]])[0]  # monotone in the searched budget
     if tm["kind"] != "poisoning":
         sound, chosen = tm["evasion"]["attack"] == "ibp", tm["evasion"].get("subset", "random") == "chosen"
         lines.insert(0, (WORST_CASE_EVASION_NOT_MEANT if chosen else SOUND_EVASION_NOT_MEANT) if sound else EVASION_NOT_MEANT)

@@ -185,6 +185,7 @@ def test_an_evasion_certificate_verifies_and_names_its_budget(evasion_certificat
     assert main(["report", str(evasion_certificate)]) == 0
     out = capsys.readouterr().out
     assert "δ′_direct" in out and "Test-time attack 'pgd'" in out and "Sampling attack" not in out
+    assert "monotone in δ′" in out
 
 
 @pytest.mark.parametrize("change,needle", [(40, "n_unsafe_verify"), ("below", "more attacked hits")])
