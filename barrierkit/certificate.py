@@ -160,9 +160,11 @@ def threat_model(config_dict: Dict[str, Any]) -> Dict[str, Any]:
     (``searched``: poisoning δ or evasion δ'), the poisoning threat and sampling attack when
     training is poisoned, the test-time threat when the test set is attacked, and under ``both``
     the budget held fixed."""
+    from .config import SampleConfig
+
     sample = config_dict["sample"]
     kind = sample["threat_kind"]
-    searched = "evasion" if kind == "evasion" or (kind == "both" and sample["search_budget"] == "evasion") else "poisoning"
+    searched = "evasion" if SampleConfig.from_dict(sample).searches_evasion else "poisoning"
     stated: Dict[str, Any] = {"kind": kind, "searched": searched, "domain": sample["threat"]["domain"]}
     if kind != "evasion":
         stated["poisoning"] = {**sample["threat"], "sampling_attack": sample["attack"]}

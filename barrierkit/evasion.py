@@ -20,12 +20,12 @@ own stream words), so every perturbation replays from the seeds. The readable pe
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
 
 from .config import ConfigError, EvasionThreat
+from .labels import exact_alpha
 from .models import MODEL_BLOCK, Params, forward, in_fixed_blocks
 from .rng import Stream, ball_point_torch, bits_torch, uniform_from_bits_torch
 
@@ -355,7 +355,7 @@ def _attacked_count(clean: torch.Tensor, flipped: torch.Tensor, threat: EvasionT
     chosen) less at most ⌊rho·P⌋ of them, rho read as the decimal it is written as."""
     lost = flipped.sum(dim=1)
     if threat.subset == "chosen":
-        lost = lost.clamp(max=math.floor(Fraction(repr(float(threat.rho))) * n_test))
+        lost = lost.clamp(max=math.floor(exact_alpha(threat.rho) * n_test))  # rho read as written, like alpha
     return clean.sum(dim=1) - lost
 
 

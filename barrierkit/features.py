@@ -10,7 +10,7 @@ the stable argsort of Philox(seed; i, 0, PROBE, 0)[0].
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -48,6 +48,13 @@ def probe_indices(spec: FeatureSpec, n_train: int) -> np.ndarray:
     return np.sort(np.argsort(keys, kind="stable")[: min(spec.probe_size, n_train)])
 
 
+def probe_set(spec: FeatureSpec, data: Dataset, device="cpu") -> Tuple[torch.Tensor, torch.Tensor]:
+    """The probe points (float64) and their labels on ``device``."""
+    idx = probe_indices(spec, data.x_train.shape[0])
+    return (torch.as_tensor(data.x_train[idx], dtype=torch.float64, device=device),
+            torch.as_tensor(data.y_train[idx], device=device))
+
+
 class FeatureMap:
     """Evaluates phi for a stack of models, on the compute device, in float64 (the torch
     reference; backends/triton_gpu.py has the fused kernel's twin of it)."""
@@ -57,9 +64,7 @@ class FeatureMap:
     def __init__(self, spec: FeatureSpec, shape: MLPShape, data: Dataset, device="cpu"):
         self.spec = spec
         self.projection = torch.as_tensor(projection_matrix(spec, shape.param_count), device=device)
-        idx = probe_indices(spec, data.x_train.shape[0])
-        self.probe_x = torch.as_tensor(data.x_train[idx], dtype=torch.float64, device=device)
-        self.probe_y = torch.as_tensor(data.y_train[idx], device=device)
+        self.probe_x, self.probe_y = probe_set(spec, data, device)
 
     @property
     def dim(self) -> int:
@@ -105,9 +110,7 @@ class RobustnessFeature:
                  domain: tuple, device="cpu"):
         self.base, self.name = base, base.name
         self.delta, self.norm, self.domain = float(delta), threat.norm, tuple(domain)
-        idx = probe_indices(spec, data.x_train.shape[0])
-        self.probe_x = torch.as_tensor(data.x_train[idx], dtype=torch.float64, device=device)
-        self.probe_y = torch.as_tensor(data.y_train[idx], device=device)
+        self.probe_x, self.probe_y = probe_set(spec, data, device)
 
     @property
     def dim(self) -> int:

@@ -81,12 +81,11 @@ def witness_record(rule: SafetyRule, split: str, index: int, hits: int, seeds: S
     """A replayable unsafe run: which run, its seeds, the backend that ran it, what it ended with
     (with an evasion rule, also its own clean count, which its drop is measured from)."""
     init, poison, schedule = (int(s) for s in seeds)
-    reference = None if reference_hits is None else np.array([reference_hits])
     record = {
         "delta": float(delta), "backend": backend, "split": split, "index": int(index),
         "seeds": {"init": init, "poison": poison, "schedule": schedule},
         "test_hits": int(hits), "test_accuracy": float(hits / rule.test_size),
-        "accuracy_drop": float(rule.accuracy_drop(np.array([hits]), reference if rule.own_reference else None)[0]),
+        "accuracy_drop": float(rule.accuracy_drop(np.array([hits]), None if reference_hits is None else [reference_hits])[0]),
     }
     if rule.own_reference:
         record["reference_hits"] = int(reference_hits)
